@@ -1,0 +1,203 @@
+//! Wiring: build every port from settings, assemble the router, run the workers, and shut down
+//! gracefully (stop accepting, drain in-flight requests and workers) on SIGTERM/SIGINT.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::store::cached::CachedContextStore;
+use crate::store::cosmos::CosmosStore;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::{RedisClaims, RedisPool};
+use crate::store::{ClaimStore, ContextStore, HealthCheck, StoreError, Stores};
+
+/// What every handler and worker can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub stores: Stores,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open a store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A built service, bound to its port, not yet serving.
+pub struct App {
+    state: AppState,
+    listener: TcpListener,
+    workers: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let stores = build_stores(&settings)?;
+        let addr = SocketAddr::new(settings.host, settings.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let state = AppState {
+            settings: Arc::new(settings),
+            stores,
+        };
+        let app = Self {
+            state,
+            listener,
+            workers: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        };
+        Ok(app)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Starts a long-running worker that runs until the app shuts down. The future receives a
+    /// token that is cancelled at shutdown and must return promptly once it is.
+    pub fn spawn_worker<F, Fut>(&self, name: &'static str, worker: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let fut = worker(self.cancel.child_token());
+        self.workers.spawn(async move {
+            fut.await;
+            tracing::debug!(worker = name, "worker stopped");
+        });
+    }
+
+    /// Serves until `shutdown` resolves, then drains requests and workers.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
+        let grace = self.state.settings.shutdown_grace;
+        let addr = self.local_addr();
+        let router = crate::http::router(self.state.clone());
+        let cancel = self.cancel.clone();
+        tracing::info!(%addr, "listening");
+        let server = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining requests and workers");
+            cancel.cancel();
+        });
+        let served = server.await.map_err(StartupError::Serve);
+        self.cancel.cancel();
+        self.workers.close();
+        if tokio::time::timeout(grace, self.workers.wait()).await.is_err() {
+            tracing::warn!(?grace, "workers did not stop within the grace period");
+        }
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// Builds the storage ports: Cosmos DB or the embedded file for durable data, Redis in front
+/// when configured (cache-aside contexts, claims).
+pub fn build_stores(settings: &Settings) -> Result<Stores, StoreError> {
+    let mut health: Vec<Arc<dyn HealthCheck>> = Vec::new();
+    let (durable, durable_claims): (Arc<dyn ContextStore>, Arc<dyn ClaimStore>) =
+        match &settings.cosmos {
+            Some(cosmos) => {
+                let store = Arc::new(CosmosStore::new(cosmos)?);
+                health.push(store.clone());
+                (store.clone(), store)
+            }
+            None => {
+                let store = Arc::new(EmbeddedStore::open(&settings.data_dir)?);
+                health.push(store.clone());
+                (store.clone(), store)
+            }
+        };
+    let (contexts, claims): (Arc<dyn ContextStore>, Arc<dyn ClaimStore>) =
+        match &settings.redis_url {
+            Some(url) => {
+                let pool = RedisPool::new(url, &settings.redis_key_prefix)?;
+                health.push(Arc::new(pool.clone()));
+                (
+                    Arc::new(CachedContextStore::new(
+                        durable,
+                        pool.clone(),
+                        settings.context_cache_ttl,
+                    )),
+                    Arc::new(RedisClaims::new(pool)),
+                )
+            }
+            None => (durable, durable_claims),
+        };
+    Ok(Stores {
+        contexts,
+        claims,
+        health,
+    })
+}
+
+/// How often expired embedded claims are purged.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Starts the workers every deployment runs.
+pub fn spawn_standard_workers(app: &App) {
+    let claims = app.state().stores.claims.clone();
+    app.spawn_worker("maintenance", move |cancel| async move {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    match claims.purge_expired().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(purged = n, "expired claims purged"),
+                        Err(err) => tracing::warn!(error = %err, "claim purge failed"),
+                    }
+                }
+            }
+        }
+    });
+}

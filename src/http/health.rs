@@ -1,0 +1,84 @@
+//! Liveness and readiness.
+//!
+//! `/healthz` says the process is alive. `/readyz` does a real round trip to every configured
+//! backend, concurrently and with a deadline, and answers 503 naming each one that failed.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::app::AppState;
+
+const CHECK_DEADLINE: Duration = Duration::from_secs(3);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    pub status: &'static str,
+    pub backends: Vec<BackendStatus>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    pub name: &'static str,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Checks every backend; the plain function behind `/readyz`.
+pub async fn check_readiness(state: &AppState) -> Readiness {
+    let checks = state.stores.health.iter().map(|backend| async move {
+        let outcome = tokio::time::timeout(CHECK_DEADLINE, backend.check()).await;
+        let error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(_) => Some(format!("no answer within {CHECK_DEADLINE:?}")),
+        };
+        BackendStatus {
+            name: backend.name(),
+            ok: error.is_none(),
+            error,
+        }
+    });
+    let backends = futures::future::join_all(checks).await;
+    let failing: Vec<_> = backends.iter().filter(|b| !b.ok).map(|b| b.name).collect();
+    Readiness {
+        status: if failing.is_empty() {
+            "ready"
+        } else {
+            "unavailable"
+        },
+        backends,
+        failing,
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let readiness = check_readiness(&state).await;
+    let status = if readiness.failing.is_empty() {
+        StatusCode::OK
+    } else {
+        for backend in readiness.backends.iter().filter(|b| !b.ok) {
+            tracing::warn!(backend = backend.name, error = backend.error.as_deref().unwrap_or(""), "not ready");
+        }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness))
+}

@@ -1,0 +1,16 @@
+//! handoff: moves a caller from an AI-answered phone call to WhatsApp without losing a word.
+//!
+//! Module map (see `docs/architecture.md` for the bird's-eye view and invariants):
+//! - [`config`]: typed settings from the environment, validated at start-up.
+//! - [`domain`]: pure types and rules (customer ids, the shared context).
+//! - [`store`]: storage ports and adapters (embedded redb, Cosmos DB, Redis).
+//! - [`http`]: the routers; handlers only translate.
+//! - [`app`]: wiring, workers, graceful shutdown.
+//! - [`telemetry`]: logging set-up.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod store;
+pub mod telemetry;

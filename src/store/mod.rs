@@ -1,0 +1,162 @@
+//! Storage ports and their adapters.
+//!
+//! - [`ContextStore`]: the durable home of every `CustomerContext`, with optimistic concurrency.
+//!   Adapters: [`embedded::EmbeddedStore`] (redb, the default), [`cosmos::CosmosStore`] (Azure
+//!   Cosmos DB for NoSQL), and [`cached::CachedContextStore`] (Redis cache-aside in front of
+//!   either).
+//! - [`ClaimStore`]: "has anyone handled this key yet?", atomic across replicas. Adapters:
+//!   embedded (durable, in the redb file) and Redis (`SET NX PX`).
+//!
+//! [`update`] is the one way to change a context: read, apply, compare-and-swap, and on a
+//! conflict re-read and apply again, so no concurrent update is ever lost.
+
+pub mod cached;
+pub mod claims;
+pub mod cosmos;
+pub mod embedded;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use rand::Rng;
+
+use crate::domain::{CustomerContext, CustomerId};
+
+pub use claims::{Claim, ClaimStore};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The document changed since it was read (stale version), or a create found it existing.
+    #[error("version conflict")]
+    Conflict,
+    /// `create` of a document that already exists.
+    #[error("document already exists")]
+    AlreadyExists,
+    /// `replace` of a document that does not exist.
+    #[error("document not found")]
+    NotFound,
+    /// The backend could not be reached or answered with a transient failure; retrying later may
+    /// succeed. Webhooks answer 503 so that the provider redelivers.
+    #[error("{backend} unavailable: {message}")]
+    Unavailable {
+        backend: &'static str,
+        message: String,
+    },
+    /// Stored data could not be decoded, or the backend refused the request for good.
+    #[error("{backend} error: {message}")]
+    Backend {
+        backend: &'static str,
+        message: String,
+    },
+}
+
+impl StoreError {
+    pub fn unavailable(backend: &'static str, err: impl std::fmt::Display) -> Self {
+        Self::Unavailable {
+            backend,
+            message: err.to_string(),
+        }
+    }
+
+    pub fn backend(backend: &'static str, err: impl std::fmt::Display) -> Self {
+        Self::Backend {
+            backend,
+            message: err.to_string(),
+        }
+    }
+
+    /// Whether the same request may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+/// The durable context store. Implementations enforce versions exactly like Cosmos DB ETags:
+/// every successful write returns a new version, and a write carrying a stale one fails with
+/// [`StoreError::Conflict`].
+#[async_trait]
+pub trait ContextStore: Send + Sync + 'static {
+    async fn get(&self, id: &CustomerId) -> Result<Option<CustomerContext>, StoreError>;
+
+    /// Stores a new context; [`StoreError::AlreadyExists`] if one exists. Returns it with its
+    /// version set.
+    async fn create(&self, ctx: &CustomerContext) -> Result<CustomerContext, StoreError>;
+
+    /// Replaces a context if its stored version still equals `ctx.version`.
+    async fn replace(&self, ctx: &CustomerContext) -> Result<CustomerContext, StoreError>;
+}
+
+/// A backend that readiness checks with a real round trip.
+#[async_trait]
+pub trait HealthCheck: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    async fn check(&self) -> Result<(), StoreError>;
+}
+
+/// How many times [`update`] re-reads and re-applies after a conflict.
+const UPDATE_ATTEMPTS: u32 = 12;
+
+/// Loads the customer's context (creating it when missing), applies `change`, and stores it
+/// with compare-and-swap. On a conflict the context is re-read and `change` applied again,
+/// after a short jittered pause, up to a bound. `change` must therefore be repeatable: it sees
+/// the freshest document on each attempt.
+pub async fn update<R>(
+    store: &dyn ContextStore,
+    id: &CustomerId,
+    mut change: impl FnMut(&mut CustomerContext) -> R + Send,
+) -> Result<(CustomerContext, R), StoreError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let existing = store.get(id).await?;
+        let is_new = existing.is_none();
+        let mut ctx = existing.unwrap_or_else(|| CustomerContext::new(id.clone(), Utc::now()));
+        let outcome = change(&mut ctx);
+        ctx.updated_at = Utc::now();
+        let written = if is_new {
+            store.create(&ctx).await
+        } else {
+            store.replace(&ctx).await
+        };
+        match written {
+            Ok(stored) => return Ok((stored, outcome)),
+            Err(StoreError::Conflict | StoreError::AlreadyExists | StoreError::NotFound)
+                if attempt < UPDATE_ATTEMPTS =>
+            {
+                tokio::time::sleep(conflict_backoff(attempt)).await;
+            }
+            Err(StoreError::AlreadyExists | StoreError::NotFound) => {
+                return Err(StoreError::Conflict);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Full-jitter backoff: contention resolves fastest when writers spread out at random.
+fn conflict_backoff(attempt: u32) -> Duration {
+    let cap_ms = (2u64 << attempt.min(7)).min(200);
+    Duration::from_millis(rand::rng().random_range(0..=cap_ms))
+}
+
+/// Loads a context or an empty one (not stored) when the customer is unknown.
+pub async fn get_or_default(
+    store: &dyn ContextStore,
+    id: &CustomerId,
+) -> Result<CustomerContext, StoreError> {
+    Ok(store
+        .get(id)
+        .await?
+        .unwrap_or_else(|| CustomerContext::new(id.clone(), Utc::now())))
+}
+
+/// The ports the rest of the service uses, built from settings by `app`.
+#[derive(Clone)]
+pub struct Stores {
+    pub contexts: Arc<dyn ContextStore>,
+    pub claims: Arc<dyn ClaimStore>,
+    pub health: Vec<Arc<dyn HealthCheck>>,
+}

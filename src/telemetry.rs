@@ -1,0 +1,27 @@
+//! Logging: human-readable by default, JSON with `LOG_FORMAT=json`, filtered by `RUST_LOG`.
+//!
+//! Log lines carry ids (call connection, message, handoff) and masked phone numbers
+//! (`CustomerId`'s `Display` masks), never secrets or message bodies.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. Safe to call more than once (later calls are ignored), so
+/// tests and the demo can share it.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_span_events(FmtSpan::NONE)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.with_target(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
