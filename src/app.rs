@@ -15,7 +15,7 @@ use crate::store::cached::CachedContextStore;
 use crate::store::cosmos::CosmosStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::{RedisClaims, RedisPool};
-use crate::store::{ClaimStore, ContextStore, HealthCheck, StoreError, Stores};
+use crate::store::{ClaimStore, ContextStore, Contexts, HealthCheck, StoreError, Stores};
 
 /// What every handler and worker can reach. Cheap to clone.
 #[derive(Clone)]
@@ -90,7 +90,10 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, then drains requests and workers.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
         let grace = self.state.settings.shutdown_grace;
         let addr = self.local_addr();
         let router = crate::http::router(self.state.clone());
@@ -108,7 +111,10 @@ impl App {
         let served = server.await.map_err(StartupError::Serve);
         self.cancel.cancel();
         self.workers.close();
-        if tokio::time::timeout(grace, self.workers.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.workers.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(?grace, "workers did not stop within the grace period");
         }
         tracing::info!("stopped");
@@ -155,24 +161,24 @@ pub fn build_stores(settings: &Settings) -> Result<Stores, StoreError> {
                 (store.clone(), store)
             }
         };
-    let (contexts, claims): (Arc<dyn ContextStore>, Arc<dyn ClaimStore>) =
-        match &settings.redis_url {
-            Some(url) => {
-                let pool = RedisPool::new(url, &settings.redis_key_prefix)?;
-                health.push(Arc::new(pool.clone()));
-                (
-                    Arc::new(CachedContextStore::new(
-                        durable,
-                        pool.clone(),
-                        settings.context_cache_ttl,
-                    )),
-                    Arc::new(RedisClaims::new(pool)),
-                )
-            }
-            None => (durable, durable_claims),
-        };
+    let (contexts, claims): (Arc<dyn ContextStore>, Arc<dyn ClaimStore>) = match &settings.redis_url
+    {
+        Some(url) => {
+            let pool = RedisPool::new(url, &settings.redis_key_prefix)?;
+            health.push(Arc::new(pool.clone()));
+            (
+                Arc::new(CachedContextStore::new(
+                    durable,
+                    pool.clone(),
+                    settings.context_cache_ttl,
+                )),
+                Arc::new(RedisClaims::new(pool)),
+            )
+        }
+        None => (durable, durable_claims),
+    };
     Ok(Stores {
-        contexts,
+        contexts: Contexts::new(contexts),
         claims,
         health,
     })

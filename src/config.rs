@@ -107,7 +107,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "REDIS_URL",
         "redis:// or rediss:// URL; unset = in-process cache and embedded claims",
     ),
-    ("REDIS_KEY_PREFIX", "prefix of every Redis key (default handoff:)"),
+    (
+        "REDIS_KEY_PREFIX",
+        "prefix of every Redis key (default handoff:)",
+    ),
     (
         "CONTEXT_CACHE_TTL_SECS",
         "how long Redis keeps a cached context (default 300)",
@@ -294,8 +297,16 @@ mod tests {
         let cases: &[(&str, &str, &str)] = &[
             ("PORT", "eighty", "`eighty` is not a port number 0-65535"),
             ("PORT", "70000", "`70000` is not a port number 0-65535"),
-            ("COSMOS_ENDPOINT", "acct.documents.azure.com", "is not an absolute URL"),
-            ("REDIS_URL", "http://cache:6379", "scheme `http` is not one of redis, rediss"),
+            (
+                "COSMOS_ENDPOINT",
+                "acct.documents.azure.com",
+                "is not an absolute URL",
+            ),
+            (
+                "REDIS_URL",
+                "http://cache:6379",
+                "scheme `http` is not one of redis, rediss",
+            ),
             ("LOG_FORMAT", "xml", "`xml` is not `human` or `json`"),
             ("TRANSCRIPT_MAX_TURNS", "0", "must be at least 1"),
             ("CONTEXT_CACHE_TTL_SECS", "-3", "`-3` is not a whole number"),
@@ -303,8 +314,15 @@ mod tests {
         for (var, value, problem) in cases {
             let err = from(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, *var);
-            assert!(err.problem.contains(problem), "{var}={value}: {}", err.problem);
-            assert!(err.to_string().starts_with(&format!("invalid configuration: {var}: ")));
+            assert!(
+                err.problem.contains(problem),
+                "{var}={value}: {}",
+                err.problem
+            );
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("invalid configuration: {var}: "))
+            );
         }
     }
 

@@ -41,6 +41,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => {
                 let app = App::build(settings).await?;
+                // One plain line on stdout for operators and scripts (the port may be 0).
+                println!("handoff listening on http://{}", app.local_addr());
                 handoff::app::spawn_standard_workers(&app);
                 app.run(shutdown_signal()).await
             }

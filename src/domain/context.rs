@@ -270,9 +270,17 @@ mod tests {
         assert_eq!(c.transcript[0].text, "turn 2\nwith a newline");
         let lines: Vec<_> = c.summary.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert!(lines[0].ends_with("customer: turn 0 with a newline"), "{}", lines[0]);
+        assert!(
+            lines[0].ends_with("customer: turn 0 with a newline"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[1].contains("turn 1"));
-        assert!(lines[0].starts_with("[2023-11-14 22:15 call]"), "{}", lines[0]);
+        assert!(
+            lines[0].starts_with("[2023-11-14 22:15 call]"),
+            "{}",
+            lines[0]
+        );
     }
 
     #[test]

@@ -239,7 +239,9 @@ mod tests {
             "+5511987654321"
         );
         assert_eq!(
-            CustomerId::parse_phone("+44 20 7946 0958").unwrap().as_str(),
+            CustomerId::parse_phone("+44 20 7946 0958")
+                .unwrap()
+                .as_str(),
             "+442079460958"
         );
     }

@@ -104,7 +104,9 @@ pub struct ErrorDetail {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
-            Self::Unavailable(cause) => tracing::warn!(error = %cause, "request failed: backend unavailable"),
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "request failed: backend unavailable")
+            }
             Self::Unexpected(cause) => tracing::error!(error = %cause, "request failed"),
             _ => {}
         }

@@ -76,7 +76,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         StatusCode::OK
     } else {
         for backend in readiness.backends.iter().filter(|b| !b.ok) {
-            tracing::warn!(backend = backend.name, error = backend.error.as_deref().unwrap_or(""), "not ready");
+            tracing::warn!(
+                backend = backend.name,
+                error = backend.error.as_deref().unwrap_or(""),
+                "not ready"
+            );
         }
         StatusCode::SERVICE_UNAVAILABLE
     };

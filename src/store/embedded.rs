@@ -57,7 +57,9 @@ impl EmbeddedDb {
         let db = Arc::new(db);
         // Create the tables up front so that readers never meet a missing table.
         {
-            let txn = db.begin_write().map_err(|e| StoreError::backend(BACKEND, e))?;
+            let txn = db
+                .begin_write()
+                .map_err(|e| StoreError::backend(BACKEND, e))?;
             txn.open_table(CUSTOMERS)
                 .map_err(|e| StoreError::backend(BACKEND, e))?;
             txn.open_table(CLAIMS)
@@ -106,7 +108,9 @@ impl EmbeddedDb {
     ) -> Result<T, StoreError> {
         let db = self.inner.db.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(|e| StoreError::backend(BACKEND, e))?;
+            let txn = db
+                .begin_read()
+                .map_err(|e| StoreError::backend(BACKEND, e))?;
             op(&txn)
         })
         .await
@@ -174,7 +178,9 @@ fn stored_revision(txn: &WriteTransaction, key: &str) -> Result<Option<u64>, Sto
     let table = txn
         .open_table(CUSTOMERS)
         .map_err(|e| StoreError::backend(BACKEND, e))?;
-    let value = table.get(key).map_err(|e| StoreError::backend(BACKEND, e))?;
+    let value = table
+        .get(key)
+        .map_err(|e| StoreError::backend(BACKEND, e))?;
     Ok(value.map(|v| {
         let bytes = v.value();
         bytes
@@ -214,7 +220,6 @@ impl EmbeddedStore {
     pub fn db(&self) -> &EmbeddedDb {
         &self.db
     }
-
 }
 
 #[async_trait]
@@ -252,8 +257,8 @@ impl ContextStore for EmbeddedStore {
         let mut ctx = ctx.clone();
         self.db
             .write(move |txn| {
-                let stored = stored_revision(txn, ctx.customer_id.as_str())?
-                    .ok_or(StoreError::NotFound)?;
+                let stored =
+                    stored_revision(txn, ctx.customer_id.as_str())?.ok_or(StoreError::NotFound)?;
                 let expected = ctx.version.as_ref().map(Version::as_str);
                 if expected != Some(stored.to_string().as_str()) {
                     return Err(StoreError::Conflict);

@@ -7,8 +7,10 @@
 //! - [`ClaimStore`]: "has anyone handled this key yet?", atomic across replicas. Adapters:
 //!   embedded (durable, in the redb file) and Redis (`SET NX PX`).
 //!
-//! [`update`] is the one way to change a context: read, apply, compare-and-swap, and on a
-//! conflict re-read and apply again, so no concurrent update is ever lost.
+//! [`Contexts::update`] is the one way to change a context: read, apply, compare-and-swap, and on
+//! a conflict re-read and apply again, so no concurrent update is ever lost. Within a replica,
+//! updates of one customer are serialised by a striped lock first, so optimistic concurrency
+//! only has to settle races between replicas (a few contenders, not hundreds).
 
 pub mod cached;
 pub mod claims;
@@ -97,12 +99,13 @@ pub trait HealthCheck: Send + Sync + 'static {
 }
 
 /// How many times [`update`] re-reads and re-applies after a conflict.
-const UPDATE_ATTEMPTS: u32 = 12;
+const UPDATE_ATTEMPTS: u32 = 16;
 
 /// Loads the customer's context (creating it when missing), applies `change`, and stores it
 /// with compare-and-swap. On a conflict the context is re-read and `change` applied again,
 /// after a short jittered pause, up to a bound. `change` must therefore be repeatable: it sees
-/// the freshest document on each attempt.
+/// the freshest document on each attempt. Prefer [`Contexts::update`], which also serialises
+/// a replica's own writers.
 pub async fn update<R>(
     store: &dyn ContextStore,
     id: &CustomerId,
@@ -138,7 +141,7 @@ pub async fn update<R>(
 
 /// Full-jitter backoff: contention resolves fastest when writers spread out at random.
 fn conflict_backoff(attempt: u32) -> Duration {
-    let cap_ms = (2u64 << attempt.min(7)).min(200);
+    let cap_ms = (2u64 << attempt.min(7)).min(100);
     Duration::from_millis(rand::rng().random_range(0..=cap_ms))
 }
 
@@ -153,10 +156,55 @@ pub async fn get_or_default(
         .unwrap_or_else(|| CustomerContext::new(id.clone(), Utc::now())))
 }
 
+/// Number of lock stripes: enough that unrelated customers rarely share one.
+const STRIPES: usize = 256;
+
+/// The handle the service uses for contexts: the store plus this replica's per-customer write
+/// serialisation. Cheap to clone; clones share the locks.
+#[derive(Clone)]
+pub struct Contexts {
+    store: Arc<dyn ContextStore>,
+    stripes: Arc<[tokio::sync::Mutex<()>]>,
+}
+
+impl Contexts {
+    pub fn new(store: Arc<dyn ContextStore>) -> Self {
+        Self {
+            store,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    pub fn store(&self) -> &dyn ContextStore {
+        self.store.as_ref()
+    }
+
+    pub async fn get(&self, id: &CustomerId) -> Result<Option<CustomerContext>, StoreError> {
+        self.store.get(id).await
+    }
+
+    /// See [`update`]; concurrent updates of one customer from this replica take turns.
+    pub async fn update<R>(
+        &self,
+        id: &CustomerId,
+        change: impl FnMut(&mut CustomerContext) -> R + Send,
+    ) -> Result<(CustomerContext, R), StoreError> {
+        let _turn = self.stripes[stripe(id)].lock().await;
+        update(self.store.as_ref(), id, change).await
+    }
+}
+
+fn stripe(id: &CustomerId) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut hasher);
+    (hasher.finish() as usize) % STRIPES
+}
+
 /// The ports the rest of the service uses, built from settings by `app`.
 #[derive(Clone)]
 pub struct Stores {
-    pub contexts: Arc<dyn ContextStore>,
+    pub contexts: Contexts,
     pub claims: Arc<dyn ClaimStore>,
     pub health: Vec<Arc<dyn HealthCheck>>,
 }

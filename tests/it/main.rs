@@ -1,0 +1,9 @@
+//! Black-box and adapter tests, in one binary so the suite links once.
+//!
+//! Real servers only: adapters are tested against a real `redis-server` and a real
+//! Cosmos DB-compatible server started per test (see `support::services`); remote HTTP APIs are
+//! faked at the wire. Run everything with `scripts/test`, which installs those servers.
+
+mod serve;
+mod store_contract;
+mod support;
