@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::agent::Agent;
+use crate::agent::basic::BasicAgent;
 use crate::config::Settings;
 use crate::store::cached::CachedContextStore;
 use crate::store::cosmos::CosmosStore;
@@ -22,6 +24,9 @@ use crate::store::{ClaimStore, ContextStore, Contexts, HealthCheck, StoreError, 
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub stores: Stores,
+    /// One pooled HTTP client for every outbound call (ACS, Meta, OpenAI, media downloads).
+    pub http: reqwest::Client,
+    pub agent: Arc<dyn Agent>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +40,8 @@ pub enum StartupError {
     },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(reqwest::Error),
 }
 
 /// A built service, bound to its port, not yet serving.
@@ -48,6 +55,18 @@ pub struct App {
 impl App {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let stores = build_stores(&settings)?;
+        if settings.webhooks.event_grid_secret.is_none() {
+            tracing::warn!(
+                "EVENT_GRID_SECRET is not set: Event Grid webhooks accept unauthenticated requests"
+            );
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(StartupError::HttpClient)?;
+        let agent: Arc<dyn Agent> = Arc::new(BasicAgent);
         let addr = SocketAddr::new(settings.host, settings.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -55,6 +74,8 @@ impl App {
         let state = AppState {
             settings: Arc::new(settings),
             stores,
+            http,
+            agent,
         };
         let app = Self {
             state,

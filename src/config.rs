@@ -58,6 +58,74 @@ pub struct CosmosSettings {
     /// Account key; when absent the service authenticates with Entra ID (managed identity).
     pub key: Option<Secret<String>>,
     pub database: String,
+    /// Client id of the user-assigned managed identity used when there is no key.
+    pub managed_identity_client_id: Option<String>,
+}
+
+/// How the service authenticates to Azure Communication Services.
+#[derive(Debug, Clone)]
+pub enum AcsAuth {
+    /// HMAC-SHA256 request signing with the resource's access key (`ACS_CONNECTION_STRING`).
+    AccessKey(Secret<Vec<u8>>),
+    /// Entra ID bearer tokens from the managed identity (`ACS_ENDPOINT` alone).
+    ManagedIdentity { client_id: Option<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct AcsSettings {
+    /// `https://<resource>.communication.azure.com`, no trailing slash.
+    pub endpoint: String,
+    pub auth: AcsAuth,
+}
+
+/// Inbound webhook protection shared by every Event Grid route.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// `?code=` every Event Grid delivery must carry; `None` leaves webhooks unauthenticated.
+    pub event_grid_secret: Option<Secret<String>>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WhatsAppSettings {
+    /// ACS channel registration id of the business number (`ACS_WHATSAPP_CHANNEL_ID`).
+    pub acs_channel_id: Option<String>,
+    pub acs_api_version: String,
+    /// api-version for kinds only previews support (interactive, reaction, sticker).
+    pub acs_preview_api_version: String,
+    /// The 24-hour window is treated as closed this long before it really closes.
+    pub window_safety_margin: Duration,
+    /// Messages per second per business number.
+    pub send_rate_per_sec: u32,
+    /// Minimum gap between two messages to one recipient (WhatsApp pair rate limit).
+    pub recipient_min_interval: Duration,
+    /// How long to wait for a burst of customer messages to end before answering once.
+    pub burst_wait: Duration,
+    /// Extra templates (JSON file) besides the built-in `conversation_continuation`.
+    pub templates_file: Option<PathBuf>,
+    /// Language of the built-in `conversation_continuation` template.
+    pub template_language: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct VoiceSettings {
+    pub call_automation_api_version: String,
+    /// Azure AI services endpoint Call Automation uses for transcription and text-to-speech.
+    pub cognitive_services_endpoint: Option<String>,
+    pub locale: String,
+    pub tts_voice: String,
+    /// `pcm16KMono` or `pcm24KMono`.
+    pub audio_format: String,
+    /// Silence before the caller is prompted once; the same again ends the call politely.
+    pub silence_timeout: Duration,
+    /// Barge-in on `transcription` (intermediate results) or `audio` (non-silent frames).
+    pub barge_in: BargeIn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BargeIn {
+    Transcription,
+    Audio,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +146,12 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight work before giving up.
     pub shutdown_grace: Duration,
+    /// The service's public URL, as ACS and Event Grid reach it (callbacks, media WebSocket).
+    pub public_base_url: String,
+    pub acs: Option<AcsSettings>,
+    pub webhooks: WebhookSettings,
+    pub whatsapp: WhatsAppSettings,
+    pub voice: VoiceSettings,
 }
 
 /// Every variable the service reads, with whether it is optional. Kept next to the code that
@@ -104,6 +178,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     ("COSMOS_DATABASE", "Cosmos DB database (default handoff)"),
     (
+        "AZURE_CLIENT_ID",
+        "client id of the user-assigned managed identity (Entra ID auth)",
+    ),
+    (
         "REDIS_URL",
         "redis:// or rediss:// URL; unset = in-process cache and embedded claims",
     ),
@@ -127,6 +205,84 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "SHUTDOWN_GRACE_SECS",
         "how long shutdown drains in-flight work (default 20)",
     ),
+    (
+        "PUBLIC_BASE_URL",
+        "public https URL of the service (default http://localhost:PORT)",
+    ),
+    (
+        "ACS_CONNECTION_STRING",
+        "ACS connection string (HMAC auth); unset with no ACS_ENDPOINT = sandbox providers",
+    ),
+    (
+        "ACS_ENDPOINT",
+        "ACS endpoint for Entra ID (managed identity) auth",
+    ),
+    (
+        "EVENT_GRID_SECRET",
+        "the `?code=` Event Grid deliveries must carry (unset = unauthenticated, warned)",
+    ),
+    (
+        "WEBHOOK_MAX_BODY_BYTES",
+        "largest webhook body accepted (default 1048576)",
+    ),
+    (
+        "ACS_WHATSAPP_CHANNEL_ID",
+        "ACS WhatsApp channel registration id",
+    ),
+    (
+        "ACS_MESSAGES_API_VERSION",
+        "Advanced Messaging api-version (default 2024-08-30)",
+    ),
+    (
+        "ACS_MESSAGES_PREVIEW_API_VERSION",
+        "api-version for interactive/reaction/sticker (default 2025-01-15-preview)",
+    ),
+    (
+        "WHATSAPP_WINDOW_SAFETY_SECS",
+        "24-hour window safety margin (default 120)",
+    ),
+    (
+        "WHATSAPP_SEND_RATE_PER_SEC",
+        "messages per second per business number (default 80)",
+    ),
+    (
+        "WHATSAPP_RECIPIENT_MIN_INTERVAL_MS",
+        "minimum gap between messages to one recipient (default 1000)",
+    ),
+    (
+        "WHATSAPP_BURST_WAIT_MS",
+        "wait for a customer's burst to end before answering (default 1500)",
+    ),
+    (
+        "WHATSAPP_TEMPLATES_FILE",
+        "JSON file of extra templates (name, language, category, parameters, buttons)",
+    ),
+    (
+        "WHATSAPP_TEMPLATE_LANGUAGE",
+        "language of conversation_continuation (default en_US)",
+    ),
+    (
+        "ACS_CALL_AUTOMATION_API_VERSION",
+        "Call Automation api-version (default 2025-05-15)",
+    ),
+    (
+        "COGNITIVE_SERVICES_ENDPOINT",
+        "Azure AI services endpoint for transcription and text-to-speech",
+    ),
+    ("TRANSCRIPTION_LOCALE", "speech locale (default en-US)"),
+    (
+        "TTS_VOICE_NAME",
+        "text-to-speech voice (default en-US-NancyNeural)",
+    ),
+    ("MEDIA_AUDIO_FORMAT", "pcm16KMono (default) or pcm24KMono"),
+    (
+        "SILENCE_TIMEOUT_SECS",
+        "caller silence before a prompt, then before hang-up (default 20)",
+    ),
+    (
+        "BARGE_IN",
+        "`transcription` (default) or `audio`: what interrupts the agent",
+    ),
 ];
 
 impl Settings {
@@ -146,6 +302,7 @@ impl Settings {
                 database: env
                     .string("COSMOS_DATABASE")
                     .unwrap_or_else(|| "handoff".into()),
+                managed_identity_client_id: env.string("AZURE_CLIENT_ID"),
             }),
         };
         let redis_url = match env.string("REDIS_URL") {
@@ -155,9 +312,15 @@ impl Settings {
                 Some(Secret::new(url))
             }
         };
+        let port: u16 = env.parse("PORT", "a port number 0-65535", Some(8080))?;
+        let public_base_url = match env.string("PUBLIC_BASE_URL") {
+            Some(url) => parse_url("PUBLIC_BASE_URL", &url, &["http", "https"])?,
+            None => format!("http://localhost:{port}"),
+        };
+        let acs = acs_settings(&env)?;
         Ok(Self {
             host: env.parse("HOST", "an IP address", "0.0.0.0".parse().ok())?,
-            port: env.parse("PORT", "a port number 0-65535", Some(8080))?,
+            port,
             data_dir: env
                 .string("HANDOFF_DATA_DIR")
                 .map(PathBuf::from)
@@ -181,6 +344,66 @@ impl Settings {
             transcript_max_turns: env.parse_min("TRANSCRIPT_MAX_TURNS", 200, 1)?,
             request_timeout: env.seconds("REQUEST_TIMEOUT_SECS", 25, 1)?,
             shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECS", 20, 0)?,
+            public_base_url,
+            acs,
+            webhooks: WebhookSettings {
+                event_grid_secret: env.string("EVENT_GRID_SECRET").map(Secret::new),
+                max_body_bytes: env.parse_min("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024, 1024)?,
+            },
+            whatsapp: WhatsAppSettings {
+                acs_channel_id: env.string("ACS_WHATSAPP_CHANNEL_ID"),
+                acs_api_version: env
+                    .string("ACS_MESSAGES_API_VERSION")
+                    .unwrap_or_else(|| "2024-08-30".into()),
+                acs_preview_api_version: env
+                    .string("ACS_MESSAGES_PREVIEW_API_VERSION")
+                    .unwrap_or_else(|| "2025-01-15-preview".into()),
+                window_safety_margin: env.seconds("WHATSAPP_WINDOW_SAFETY_SECS", 120, 0)?,
+                send_rate_per_sec: env.parse_min("WHATSAPP_SEND_RATE_PER_SEC", 80, 1)?,
+                recipient_min_interval: env.millis("WHATSAPP_RECIPIENT_MIN_INTERVAL_MS", 1000)?,
+                burst_wait: env.millis("WHATSAPP_BURST_WAIT_MS", 1500)?,
+                templates_file: env.string("WHATSAPP_TEMPLATES_FILE").map(PathBuf::from),
+                template_language: env
+                    .string("WHATSAPP_TEMPLATE_LANGUAGE")
+                    .unwrap_or_else(|| "en_US".into()),
+            },
+            voice: VoiceSettings {
+                call_automation_api_version: env
+                    .string("ACS_CALL_AUTOMATION_API_VERSION")
+                    .unwrap_or_else(|| "2025-05-15".into()),
+                cognitive_services_endpoint: env
+                    .string("COGNITIVE_SERVICES_ENDPOINT")
+                    .map(|url| parse_url("COGNITIVE_SERVICES_ENDPOINT", &url, &["https", "http"]))
+                    .transpose()?,
+                locale: env
+                    .string("TRANSCRIPTION_LOCALE")
+                    .unwrap_or_else(|| "en-US".into()),
+                tts_voice: env
+                    .string("TTS_VOICE_NAME")
+                    .unwrap_or_else(|| "en-US-NancyNeural".into()),
+                audio_format: match env.string("MEDIA_AUDIO_FORMAT").as_deref() {
+                    None => "pcm16KMono".into(),
+                    Some(f) if f.eq_ignore_ascii_case("pcm16KMono") => "pcm16KMono".into(),
+                    Some(f) if f.eq_ignore_ascii_case("pcm24KMono") => "pcm24KMono".into(),
+                    Some(other) => {
+                        return Err(ConfigError::new(
+                            "MEDIA_AUDIO_FORMAT",
+                            format!("`{other}` is not pcm16KMono or pcm24KMono"),
+                        ));
+                    }
+                },
+                silence_timeout: env.seconds("SILENCE_TIMEOUT_SECS", 20, 1)?,
+                barge_in: match env.string("BARGE_IN").as_deref() {
+                    None | Some("transcription") => BargeIn::Transcription,
+                    Some("audio") => BargeIn::Audio,
+                    Some(other) => {
+                        return Err(ConfigError::new(
+                            "BARGE_IN",
+                            format!("`{other}` is not `transcription` or `audio`"),
+                        ));
+                    }
+                },
+            },
         })
     }
 
@@ -229,6 +452,54 @@ impl Env<'_> {
 
     fn seconds(&self, var: &'static str, default: u64, min: u64) -> Result<Duration, ConfigError> {
         self.parse_min(var, default, min).map(Duration::from_secs)
+    }
+
+    fn millis(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.parse_min(var, default, 0).map(Duration::from_millis)
+    }
+}
+
+/// `ACS_CONNECTION_STRING` (HMAC) wins over `ACS_ENDPOINT` (managed identity).
+fn acs_settings(env: &Env) -> Result<Option<AcsSettings>, ConfigError> {
+    if let Some(raw) = env.string("ACS_CONNECTION_STRING") {
+        let mut endpoint = None;
+        let mut key = None;
+        for part in raw.split(';').filter(|p| !p.trim().is_empty()) {
+            let Some((name, value)) = part.split_once('=') else {
+                return Err(ConfigError::new(
+                    "ACS_CONNECTION_STRING",
+                    "is not of the form endpoint=https://…;accesskey=…",
+                ));
+            };
+            match name.trim().to_ascii_lowercase().as_str() {
+                "endpoint" => endpoint = Some(value.trim().to_owned()),
+                "accesskey" => key = Some(value.trim().to_owned()),
+                _ => {}
+            }
+        }
+        let endpoint = endpoint
+            .ok_or_else(|| ConfigError::new("ACS_CONNECTION_STRING", "has no endpoint="))?;
+        let endpoint = parse_url("ACS_CONNECTION_STRING", &endpoint, &["https", "http"])?;
+        // The access key is base64 and itself may end in `=`; `split_once` kept it whole.
+        let key =
+            key.ok_or_else(|| ConfigError::new("ACS_CONNECTION_STRING", "has no accesskey="))?;
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(key.as_bytes())
+            .map_err(|_| ConfigError::new("ACS_CONNECTION_STRING", "accesskey is not base64"))?;
+        return Ok(Some(AcsSettings {
+            endpoint,
+            auth: AcsAuth::AccessKey(Secret::new(key)),
+        }));
+    }
+    match env.string("ACS_ENDPOINT") {
+        None => Ok(None),
+        Some(endpoint) => Ok(Some(AcsSettings {
+            endpoint: parse_url("ACS_ENDPOINT", &endpoint, &["https", "http"])?,
+            auth: AcsAuth::ManagedIdentity {
+                client_id: env.string("AZURE_CLIENT_ID"),
+            },
+        })),
     }
 }
 
@@ -324,6 +595,51 @@ mod tests {
                     .starts_with(&format!("invalid configuration: {var}: "))
             );
         }
+    }
+
+    #[test]
+    fn acs_connection_string_gives_endpoint_and_key() {
+        let s = from(&[(
+            "ACS_CONNECTION_STRING",
+            "endpoint=https://res.communication.azure.com/;accesskey=c2VjcmV0LWtleQ==",
+        )])
+        .unwrap();
+        let acs = s.acs.unwrap();
+        assert_eq!(acs.endpoint, "https://res.communication.azure.com");
+        match acs.auth {
+            AcsAuth::AccessKey(key) => assert_eq!(key.expose().as_slice(), b"secret-key"),
+            other => panic!("expected an access key, got {other:?}"),
+        }
+        let s = from(&[
+            ("ACS_ENDPOINT", "https://res.communication.azure.com"),
+            ("AZURE_CLIENT_ID", "client-1"),
+        ])
+        .unwrap();
+        assert!(matches!(
+            s.acs.unwrap().auth,
+            AcsAuth::ManagedIdentity { client_id: Some(ref id) } if id == "client-1"
+        ));
+        let err =
+            from(&[("ACS_CONNECTION_STRING", "endpoint=https://x;accesskey=%%%")]).unwrap_err();
+        assert_eq!(err.var, "ACS_CONNECTION_STRING");
+        assert!(err.problem.contains("base64"));
+        let debug = format!(
+            "{:?}",
+            from(&[(
+                "ACS_CONNECTION_STRING",
+                "endpoint=https://res.communication.azure.com/;accesskey=c2VjcmV0LWtleQ==",
+            )])
+            .unwrap()
+        );
+        assert!(!debug.contains("c2VjcmV0") && !debug.contains("115, 101"));
+    }
+
+    #[test]
+    fn public_base_url_defaults_to_localhost_on_the_port() {
+        let s = from(&[("PORT", "9000")]).unwrap();
+        assert_eq!(s.public_base_url, "http://localhost:9000");
+        let s = from(&[("PUBLIC_BASE_URL", "https://handoff.example.com/")]).unwrap();
+        assert_eq!(s.public_base_url, "https://handoff.example.com");
     }
 
     #[test]

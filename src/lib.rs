@@ -8,9 +8,13 @@
 //! - [`app`]: wiring, workers, graceful shutdown.
 //! - [`telemetry`]: logging set-up.
 
+pub mod acs;
+pub mod agent;
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod eventgrid;
 pub mod http;
+pub mod identity;
 pub mod store;
 pub mod telemetry;

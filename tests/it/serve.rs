@@ -88,6 +88,7 @@ async fn readiness_names_cosmos_when_it_cannot_be_reached() {
                 crate::support::services::COSMOS_EMULATOR_KEY.into(),
             )),
             database: "handoff".into(),
+            managed_identity_client_id: None,
         });
     })
     .await;

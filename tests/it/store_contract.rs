@@ -69,6 +69,7 @@ pub fn cosmos_settings(server: &CosmosServer, database: &str) -> CosmosSettings 
         endpoint: server.endpoint(),
         key: Some(Secret::new(COSMOS_EMULATOR_KEY.to_owned())),
         database: database.to_owned(),
+        managed_identity_client_id: None,
     }
 }
 
@@ -330,3 +331,5 @@ macro_rules! contract_suite {
 
 contract_suite!(embedded_store, super::embedded);
 contract_suite!(redis_over_embedded_store, super::redis_over_embedded);
+contract_suite!(cosmos_store, super::cosmos);
+contract_suite!(redis_over_cosmos_store, super::redis_over_cosmos);

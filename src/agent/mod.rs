@@ -1,0 +1,87 @@
+//! The agent port: given the shared context, the channel and the new input, stream the reply
+//! text and any tool calls. Both channels use it: the voice session speaks the text as it
+//! streams (sentence by sentence); the WhatsApp worker sends it as messages.
+//!
+//! Adapters: [`basic::BasicAgent`] (a minimal offline responder). The scripted and OpenAI
+//! agents plug in behind the same trait.
+
+pub mod basic;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Channel, CustomerContext};
+
+/// What the customer just did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentInput {
+    /// Words: a final transcription on a call, or a WhatsApp message's text.
+    Text { text: String },
+    /// Keypad digits pressed on a call.
+    Dtmf { digits: String },
+    /// The caller said nothing for a while; `count` is how many times in a row.
+    Silence { count: u32 },
+    /// The call just connected; the agent speaks first.
+    CallStarted,
+    /// A WhatsApp message with no text the agent can read (media, a reaction, an unknown type),
+    /// described for the agent.
+    Other { description: String },
+}
+
+/// A request to the agent.
+#[derive(Debug, Clone)]
+pub struct AgentRequest {
+    pub context: CustomerContext,
+    pub channel: Channel,
+    pub input: AgentInput,
+}
+
+/// A tool the agent asks the engine to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
+/// One piece of a streamed reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentEvent {
+    /// More reply text, in order.
+    Text(String),
+    ToolCall(ToolCall),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent unavailable: {0}")]
+    Unavailable(String),
+    #[error("agent failed: {0}")]
+    Failed(String),
+}
+
+#[async_trait]
+pub trait Agent: Send + Sync + 'static {
+    /// Streams the reply to `request`. The stream ends when the reply is complete.
+    fn respond(&self, request: AgentRequest) -> BoxStream<'static, Result<AgentEvent, AgentError>>;
+}
+
+/// Collects a whole reply: its text and its tool calls.
+pub async fn collect(
+    agent: &dyn Agent,
+    request: AgentRequest,
+) -> Result<(String, Vec<ToolCall>), AgentError> {
+    use futures::StreamExt;
+    let mut stream = agent.respond(request);
+    let mut text = String::new();
+    let mut tools = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event? {
+            AgentEvent::Text(delta) => text.push_str(&delta),
+            AgentEvent::ToolCall(call) => tools.push(call),
+        }
+    }
+    Ok((text, tools))
+}
