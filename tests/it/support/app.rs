@@ -10,6 +10,8 @@ use tokio::task::JoinHandle;
 pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
+    /// The running app's ports, for tests that inspect what a request stored.
+    #[allow(dead_code)]
     pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
