@@ -6,6 +6,7 @@
 //! agents plug in behind the same trait.
 
 pub mod basic;
+pub mod tools;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -30,12 +31,34 @@ pub enum AgentInput {
     Other { description: String },
 }
 
-/// A request to the agent.
+/// A request to the agent. After the agent asked for tools, the engine calls it again with the
+/// same input and the tools' results, until it answers without asking for more.
 #[derive(Debug, Clone)]
 pub struct AgentRequest {
     pub context: CustomerContext,
     pub channel: Channel,
     pub input: AgentInput,
+    /// Results of the tool calls made earlier in this turn, in call order.
+    pub tool_results: Vec<ToolResult>,
+}
+
+impl AgentRequest {
+    pub fn new(context: CustomerContext, channel: Channel, input: AgentInput) -> Self {
+        Self {
+            context,
+            channel,
+            input,
+            tool_results: Vec::new(),
+        }
+    }
+}
+
+/// What a tool call produced, as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolResult {
+    pub call: ToolCall,
+    /// JSON the agent reads (e.g. `{"wait_seconds": 300}` or `{"error": "..."}`).
+    pub output: serde_json::Value,
 }
 
 /// A tool the agent asks the engine to run.
