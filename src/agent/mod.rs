@@ -6,6 +6,8 @@
 //! agents plug in behind the same trait.
 
 pub mod basic;
+pub mod scripted;
+pub mod summary;
 pub mod tools;
 
 use async_trait::async_trait;

@@ -161,6 +161,10 @@ pub struct CustomerContext {
     /// appended here, so nothing the customer said is silently lost.
     #[serde(default)]
     pub summary: String,
+    /// The summary of the most recent call that moved to WhatsApp (template parameter {{2}});
+    /// the WhatsApp agent opens with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_summary: Option<String>,
     #[serde(default)]
     pub voice_sessions: Vec<VoiceSession>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,6 +192,7 @@ impl CustomerContext {
             locale: None,
             collected_data: BTreeMap::new(),
             summary: String::new(),
+            call_summary: None,
             voice_sessions: Vec::new(),
             whatsapp: None,
             transcript: Vec::new(),
