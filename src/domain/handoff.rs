@@ -421,7 +421,7 @@ mod tests {
         assert_eq!(HandoffId::parse(id.as_str()), Some(id.clone()));
         assert_eq!(HandoffId::parse("ho_xyz"), None);
         assert_eq!(HandoffId::parse("Kat said yes"), None);
-        let json = serde_json::to_value(&handoff()).unwrap();
+        let json = serde_json::to_value(handoff()).unwrap();
         assert_eq!(json["state"], "offered");
         assert!(json.get("version").is_none());
     }
