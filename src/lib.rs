@@ -14,6 +14,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod eventgrid;
+pub mod handoff;
 pub mod http;
 pub mod identity;
 pub mod store;

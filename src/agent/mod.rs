@@ -6,6 +6,7 @@
 //! agents plug in behind the same trait.
 
 pub mod basic;
+pub mod engine;
 pub mod scripted;
 pub mod summary;
 pub mod tools;

@@ -101,6 +101,10 @@ fn voice(request: &AgentRequest) -> Reply {
             )
         };
     }
+    if !request.tool_results.is_empty() {
+        // Tools that need no words (the offer was already spoken with the call): nothing to add.
+        return say("");
+    }
     let offer_pending = last_agent_voice_turn(ctx).is_some_and(|t| t.ends_with(OFFER_QUESTION));
     match &request.input {
         AgentInput::CallStarted => {
@@ -204,6 +208,9 @@ fn decline() -> Reply {
 
 fn whatsapp(request: &AgentRequest) -> Reply {
     let ctx = &request.context;
+    if !request.tool_results.is_empty() {
+        return say("");
+    }
     let name = ctx
         .first_name()
         .map(|n| format!(" {n}"))

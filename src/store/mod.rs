@@ -16,6 +16,7 @@ pub mod cached;
 pub mod claims;
 pub mod cosmos;
 pub mod embedded;
+pub mod handoffs;
 pub mod redis;
 
 use std::sync::Arc;
