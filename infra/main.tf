@@ -458,6 +458,7 @@ resource "azurerm_storage_account" "deadletter" {
   network_rules {
     default_action = "Deny"
     bypass         = ["AzureServices"]
+    ip_rules       = var.operator_ip_ranges
   }
 
   blob_properties {

@@ -449,6 +449,18 @@ variable "log_retention_days" {
   }
 }
 
+variable "operator_ip_ranges" {
+  description = "Public IPs/CIDRs allowed through the dead-letter storage firewall, to read dead letters (e.g. [\"203.0.113.7\"])."
+  type        = list(string)
+  default     = []
+
+  validation {
+    # Storage firewalls take single addresses, or ranges no smaller than /30.
+    condition     = alltrue([for ip in var.operator_ip_ranges : can(cidrhost("${ip}/32", 0)) || (can(cidrhost(ip, 0)) && try(tonumber(split("/", ip)[1]) <= 30, false))])
+    error_message = "operator_ip_ranges must be IPv4 addresses or CIDR ranges of /30 or larger."
+  }
+}
+
 variable "key_vault_purge_protection" {
   description = "Purge protection on the Key Vault. Recommended for production; leave off for throwaway azd environments, whose vault name is reused after `azd down --purge`."
   type        = bool
