@@ -5,6 +5,7 @@
 //! faked at the wire. Run everything with `scripts/test`, which installs those servers.
 
 mod cosmos;
+mod handoff_store;
 mod serve;
 mod store_contract;
 mod support;
