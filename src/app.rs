@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::store::cached::CachedContextStore;
 use crate::store::cosmos::CosmosStore;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::handoffs::HandoffStore;
 use crate::store::redis::{RedisClaims, RedisPool};
 use crate::store::{ClaimStore, ContextStore, Contexts, HealthCheck, StoreError, Stores};
 
@@ -55,6 +56,7 @@ pub struct App {
 impl App {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let stores = build_stores(&settings)?;
+        crate::telemetry::metrics();
         if settings.webhooks.event_grid_secret.is_none() {
             tracing::warn!(
                 "EVENT_GRID_SECRET is not set: Event Grid webhooks accept unauthenticated requests"
@@ -169,19 +171,23 @@ pub async fn shutdown_signal() {
 /// when configured (cache-aside contexts, claims).
 pub fn build_stores(settings: &Settings) -> Result<Stores, StoreError> {
     let mut health: Vec<Arc<dyn HealthCheck>> = Vec::new();
-    let (durable, durable_claims): (Arc<dyn ContextStore>, Arc<dyn ClaimStore>) =
-        match &settings.cosmos {
-            Some(cosmos) => {
-                let store = Arc::new(CosmosStore::new(cosmos)?);
-                health.push(store.clone());
-                (store.clone(), store)
-            }
-            None => {
-                let store = Arc::new(EmbeddedStore::open(&settings.data_dir)?);
-                health.push(store.clone());
-                (store.clone(), store)
-            }
-        };
+    type Durable = (
+        Arc<dyn ContextStore>,
+        Arc<dyn ClaimStore>,
+        Arc<dyn HandoffStore>,
+    );
+    let (durable, durable_claims, handoffs): Durable = match &settings.cosmos {
+        Some(cosmos) => {
+            let store = Arc::new(CosmosStore::new(cosmos)?);
+            health.push(store.clone());
+            (store.clone(), store.clone(), store)
+        }
+        None => {
+            let store = Arc::new(EmbeddedStore::open(&settings.data_dir)?);
+            health.push(store.clone());
+            (store.clone(), store.clone(), store)
+        }
+    };
     let (contexts, claims): (Arc<dyn ContextStore>, Arc<dyn ClaimStore>) = match &settings.redis_url
     {
         Some(url) => {
@@ -200,6 +206,7 @@ pub fn build_stores(settings: &Settings) -> Result<Stores, StoreError> {
     };
     Ok(Stores {
         contexts: Contexts::new(contexts),
+        handoffs,
         claims,
         health,
     })

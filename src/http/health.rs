@@ -20,6 +20,18 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// Prometheus text exposition of everything recorded with the `metrics` macros.
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::telemetry::metrics().render(),
+    )
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -76,6 +88,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         StatusCode::OK
     } else {
         for backend in readiness.backends.iter().filter(|b| !b.ok) {
+            metrics::counter!("handoff_backend_unready_total", "backend" => backend.name)
+                .increment(1);
             tracing::warn!(
                 backend = backend.name,
                 error = backend.error.as_deref().unwrap_or(""),

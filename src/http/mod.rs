@@ -2,6 +2,7 @@
 //! layers (request ids, tracing, timeout) are applied once. Handlers only translate between HTTP
 //! and a plain async function of a service.
 
+pub mod admin;
 pub mod error;
 pub mod health;
 
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router {
     let timeout = state.settings.request_timeout;
     Router::new()
         .merge(health::router())
+        .merge(admin::router(state.clone()))
         .fallback(not_found)
         .with_state(state)
         .layer(

@@ -206,6 +206,7 @@ fn stripe(id: &CustomerId) -> usize {
 #[derive(Clone)]
 pub struct Stores {
     pub contexts: Contexts,
+    pub handoffs: Arc<dyn handoffs::HandoffStore>,
     pub claims: Arc<dyn ClaimStore>,
     pub health: Vec<Arc<dyn HealthCheck>>,
 }
