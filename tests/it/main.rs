@@ -7,6 +7,7 @@
 mod admin;
 mod cosmos;
 mod handoff_store;
+mod infra_contract;
 mod serve;
 mod store_contract;
 mod support;
