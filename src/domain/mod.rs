@@ -3,9 +3,17 @@
 
 mod context;
 mod customer_id;
+pub mod message;
+pub mod outbound;
+pub mod template;
 
 pub use context::{
     Channel, ConsentRecord, CustomerContext, Role, Turn, Version, VoiceSession, VoiceSessionStatus,
     WhatsAppProvider, WhatsAppSession,
 };
 pub use customer_id::{CustomerId, CustomerIdError, CustomerIdKind, mask};
+pub use message::{
+    DeliveryStatus, Direction, InboundContent, InboundMedia, InboundMessage, MediaKind,
+    MessageRecord, StatusUpdate,
+};
+pub use outbound::{Interactive, OutboundMessage, TemplateMessage};
