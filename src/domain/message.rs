@@ -275,22 +275,18 @@ impl MessageRecord {
 
     /// Merges what a send learned into a record a status report created first.
     pub fn merge_send(&mut self, sent: MessageRecord) {
-        let reported = std::mem::take(&mut self.history);
-        let reported_status = self.status;
-        let error = self.error_code.take();
-        *self = sent;
-        for change in reported {
-            if let Some(status) = reported_status
-                && change.status == status
-            {
-                self.apply(&StatusUpdate {
-                    message_id: self.message_id.clone(),
-                    status,
-                    customer: None,
-                    at: change.at,
-                    error_code: error.clone(),
-                });
-            }
+        let early = std::mem::replace(self, sent);
+        for change in early.history {
+            let error_code = (change.status == DeliveryStatus::Failed)
+                .then(|| early.error_code.clone())
+                .flatten();
+            self.apply(&StatusUpdate {
+                message_id: self.message_id.clone(),
+                status: change.status,
+                customer: None,
+                at: change.at,
+                error_code,
+            });
         }
     }
 }

@@ -16,6 +16,9 @@ pub mod cached;
 pub mod claims;
 pub mod cosmos;
 pub mod embedded;
+pub mod inbox;
+pub mod media;
+pub mod messages;
 pub mod redis;
 
 use std::sync::Arc;
@@ -207,4 +210,6 @@ pub struct Stores {
     pub contexts: Contexts,
     pub claims: Arc<dyn ClaimStore>,
     pub health: Vec<Arc<dyn HealthCheck>>,
+    /// The embedded database, when it is the durable store (other embedded tables reuse it).
+    pub embedded: Option<embedded::EmbeddedDb>,
 }

@@ -7,3 +7,5 @@
 mod serve;
 mod store_contract;
 mod support;
+mod whatsapp;
+mod whatsapp_outbound;
