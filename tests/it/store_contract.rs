@@ -16,7 +16,7 @@ use handoff::store::cached::CachedContextStore;
 use handoff::store::cosmos::CosmosStore;
 use handoff::store::embedded::EmbeddedStore;
 use handoff::store::redis::{RedisClaims, RedisPool};
-use handoff::store::{Claim, ClaimStore, ContextStore, Contexts, StoreError};
+use handoff::store::{Claim, ClaimStore, ContextStore, Contexts, HealthCheck, StoreError};
 use serde_json::json;
 
 use crate::support::services::{COSMOS_EMULATOR_KEY, CosmosServer, RedisServer};
@@ -78,6 +78,12 @@ pub async fn cosmos() -> Fixture {
     let settings = cosmos_settings(&server, "contract");
     let a = Arc::new(CosmosStore::new(&settings).unwrap());
     let b = Arc::new(CosmosStore::new(&settings).unwrap());
+    // Two replicas that are already running: the SDK client is set up on first use, which
+    // takes a while in a debug build and would eat into the timing-based claim checks.
+    // (`tests/it/cosmos.rs` covers the lazy set-up itself.)
+    for store in [&a, &b] {
+        HealthCheck::check(store.as_ref()).await.unwrap();
+    }
     Fixture {
         writers: [a.clone(), b.clone()],
         claimers: [a, b],
