@@ -27,11 +27,26 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 const MAX_BURST_ROUNDS: u32 = 4;
 /// Attempts at one entry before it is left for the sweep.
 const ATTEMPTS: u32 = 3;
+/// Customers handled at the same moment. Bounded so that a flood of deliveries leaves CPU for
+/// acknowledging them (the backlog is durable); a task waiting out a burst holds no permit.
+const CONCURRENCY: usize = 32;
+/// How long a replica may hold a customer's cross-replica lease (Redis) before it lapses.
+const LEASE_TTL: Duration = Duration::from_secs(60);
 
-#[derive(Default)]
 pub(super) struct Dispatcher {
     inner: Mutex<DispatchState>,
     wake: tokio::sync::Notify,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Default for Dispatcher {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            permits: tokio::sync::Semaphore::new(CONCURRENCY),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -198,13 +213,34 @@ impl WhatsApp {
     }
 
     async fn run_partition(self: Arc<Self>, partition: String) {
+        let leased = self.lease(&partition).await;
         loop {
             let batch = self.dispatcher.take(&partition);
             if batch.is_empty() {
-                return;
+                break;
             }
             self.handle_batch(&partition, batch).await;
         }
+        if let (Some(key), Some(claims)) = (leased, &self.fast_claims) {
+            let _ = claims.release(&key).await;
+        }
+    }
+
+    /// With Redis, one replica at a time works on a customer: a `SET NX PX` lease, waited for.
+    /// Redis down means no lease (context writes stay safe through compare-and-swap).
+    async fn lease(&self, partition: &str) -> Option<String> {
+        let claims = self.fast_claims.as_ref()?;
+        let key = format!("wa:lease:{partition}");
+        for _ in 0..(LEASE_TTL.as_millis() / 50) {
+            match claims.claim(&key, LEASE_TTL).await {
+                Ok(crate::store::Claim::Fresh) => return Some(key),
+                Ok(crate::store::Claim::Duplicate) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     /// Handles entries in order. Messages are applied as they come; the agent answers once,
@@ -217,7 +253,10 @@ impl WhatsApp {
         loop {
             while let Some(entry) = pending.pop_front() {
                 let seq = entry.seq;
-                match self.handle_entry(entry, &mut new_messages).await {
+                let permit = self.dispatcher.permits.acquire().await;
+                let handled_entry = self.handle_entry(entry, &mut new_messages).await;
+                drop(permit);
+                match handled_entry {
                     Ok(()) => handled.push(seq),
                     Err(err) => {
                         tracing::warn!(error = %err, seq, "whatsapp inbox entry failed; left for the sweep");
@@ -244,6 +283,7 @@ impl WhatsApp {
             pending.extend(more);
         }
         if !new_messages.is_empty() {
+            let _permit = self.dispatcher.permits.acquire().await;
             self.answer(new_messages).await;
         }
         self.finish(&handled).await;
