@@ -10,15 +10,21 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acs::AcsClient;
 use crate::agent::Agent;
 use crate::agent::basic::BasicAgent;
 use crate::config::Settings;
 use crate::store::cached::CachedContextStore;
 use crate::store::cosmos::CosmosStore;
+use crate::store::embedded::EmbeddedDb;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::handoffs::HandoffStore;
+use crate::store::inbox::{EmbeddedInbox, Inbox};
+use crate::store::media::FileMediaStore;
+use crate::store::messages::EmbeddedMessageLog;
 use crate::store::redis::{RedisClaims, RedisPool};
 use crate::store::{ClaimStore, ContextStore, Contexts, HealthCheck, StoreError, Stores};
+use crate::whatsapp::{WhatsApp, WhatsAppPorts};
 
 /// What every handler and worker can reach. Cheap to clone.
 #[derive(Clone)]
@@ -28,6 +34,16 @@ pub struct AppState {
     /// One pooled HTTP client for every outbound call (ACS, Meta, OpenAI, media downloads).
     pub http: reqwest::Client,
     pub agent: Arc<dyn Agent>,
+    pub whatsapp: Arc<crate::whatsapp::WhatsApp>,
+}
+
+/// Replaces the inbox port with a wrapper around it.
+pub type WrapInbox = Box<dyn FnOnce(Arc<dyn Inbox>) -> Arc<dyn Inbox> + Send>;
+
+/// Test seams: replace a port after it is built (e.g. a store that fails on demand).
+#[derive(Default)]
+pub struct Hooks {
+    pub wrap_inbox: Option<WrapInbox>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +59,8 @@ pub enum StartupError {
     Serve(std::io::Error),
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(reqwest::Error),
+    #[error("cannot set up ACS: {0}")]
+    Acs(#[from] crate::acs::AcsError),
 }
 
 /// A built service, bound to its port, not yet serving.
@@ -55,6 +73,10 @@ pub struct App {
 
 impl App {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with(settings, Hooks::default()).await
+    }
+
+    pub async fn build_with(settings: Settings, hooks: Hooks) -> Result<Self, StartupError> {
         let stores = build_stores(&settings)?;
         crate::telemetry::metrics();
         if settings.webhooks.event_grid_secret.is_none() {
@@ -73,11 +95,14 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let settings = Arc::new(settings);
+        let whatsapp = build_whatsapp(&settings, &stores, &http, agent.clone(), hooks).await?;
         let state = AppState {
-            settings: Arc::new(settings),
+            settings,
             stores,
             http,
             agent,
+            whatsapp,
         };
         let app = Self {
             state,
@@ -171,6 +196,7 @@ pub async fn shutdown_signal() {
 /// when configured (cache-aside contexts, claims).
 pub fn build_stores(settings: &Settings) -> Result<Stores, StoreError> {
     let mut health: Vec<Arc<dyn HealthCheck>> = Vec::new();
+    let mut embedded = None;
     type Durable = (
         Arc<dyn ContextStore>,
         Arc<dyn ClaimStore>,
@@ -185,6 +211,7 @@ pub fn build_stores(settings: &Settings) -> Result<Stores, StoreError> {
         None => {
             let store = Arc::new(EmbeddedStore::open(&settings.data_dir)?);
             health.push(store.clone());
+            embedded = Some(store.db().clone());
             (store.clone(), store.clone(), store)
         }
     };
@@ -209,7 +236,44 @@ pub fn build_stores(settings: &Settings) -> Result<Stores, StoreError> {
         handoffs,
         claims,
         health,
+        embedded,
     })
+}
+
+/// Builds the WhatsApp service. Its inbox and message log live in the embedded database (with
+/// Cosmos DB configured, in an embedded file beside it until their Cosmos adapters exist).
+async fn build_whatsapp(
+    settings: &Arc<Settings>,
+    stores: &Stores,
+    http: &reqwest::Client,
+    agent: Arc<dyn Agent>,
+    hooks: Hooks,
+) -> Result<Arc<WhatsApp>, StartupError> {
+    let db = match &stores.embedded {
+        Some(db) => db.clone(),
+        None => EmbeddedDb::open(&settings.data_dir)?,
+    };
+    let mut inbox: Arc<dyn Inbox> = Arc::new(EmbeddedInbox::new(db.clone()).await?);
+    if let Some(wrap) = hooks.wrap_inbox {
+        inbox = wrap(inbox);
+    }
+    let acs = settings
+        .acs
+        .as_ref()
+        .map(|acs| AcsClient::new(acs, http.clone()))
+        .transpose()?;
+    Ok(WhatsApp::new(
+        settings.clone(),
+        WhatsAppPorts {
+            contexts: stores.contexts.clone(),
+            inbox,
+            log: Arc::new(EmbeddedMessageLog::new(db).await?),
+            media: Arc::new(FileMediaStore::new(settings.data_dir.join("media"))),
+            fast_claims: settings.redis_url.is_some().then(|| stores.claims.clone()),
+            agent,
+            acs,
+        },
+    ))
 }
 
 /// How often expired embedded claims are purged.
@@ -217,6 +281,7 @@ pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Starts the workers every deployment runs.
 pub fn spawn_standard_workers(app: &App) {
+    crate::whatsapp::spawn_workers(app, app.state().whatsapp.clone());
     let claims = app.state().stores.claims.clone();
     app.spawn_worker("maintenance", move |cancel| async move {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);

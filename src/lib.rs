@@ -7,6 +7,7 @@
 //! - [`http`]: the routers; handlers only translate.
 //! - [`app`]: wiring, workers, graceful shutdown.
 //! - [`telemetry`]: logging set-up.
+//! - [`whatsapp`]: inbox, worker, send planner, ACS and sandbox providers.
 
 pub mod acs;
 pub mod agent;
@@ -19,3 +20,4 @@ pub mod http;
 pub mod identity;
 pub mod store;
 pub mod telemetry;
+pub mod whatsapp;

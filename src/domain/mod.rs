@@ -4,6 +4,9 @@
 mod business_hours;
 mod context;
 mod customer_id;
+pub mod message;
+pub mod outbound;
+pub mod template;
 mod handoff;
 
 pub use business_hours::{BusinessHours, BusinessHoursError};
@@ -16,3 +19,8 @@ pub use handoff::{
     Applied, Handoff, HandoffFailure, HandoffId, HandoffState, Milestone, StateChange,
     TransitionError,
 };
+pub use message::{
+    DeliveryStatus, Direction, InboundContent, InboundMedia, InboundMessage, MediaKind,
+    MessageRecord, StatusUpdate,
+};
+pub use outbound::{Interactive, OutboundMessage, TemplateMessage};

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod error;
 pub mod health;
+pub mod whatsapp;
 
 use axum::Router;
 use axum::http::{HeaderName, Request, StatusCode};
@@ -24,6 +25,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(admin::router(state.clone()))
+        .merge(whatsapp::router(state.settings.webhooks.max_body_bytes))
         .fallback(not_found)
         .with_state(state)
         .layer(

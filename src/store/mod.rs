@@ -17,6 +17,9 @@ pub mod claims;
 pub mod cosmos;
 pub mod embedded;
 pub mod handoffs;
+pub mod inbox;
+pub mod media;
+pub mod messages;
 pub mod redis;
 
 use std::sync::Arc;
@@ -209,4 +212,6 @@ pub struct Stores {
     pub handoffs: Arc<dyn handoffs::HandoffStore>,
     pub claims: Arc<dyn ClaimStore>,
     pub health: Vec<Arc<dyn HealthCheck>>,
+    /// The embedded database, when it is the durable store (other embedded tables reuse it).
+    pub embedded: Option<embedded::EmbeddedDb>,
 }

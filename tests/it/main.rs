@@ -11,3 +11,5 @@ mod infra_contract;
 mod serve;
 mod store_contract;
 mod support;
+mod whatsapp;
+mod whatsapp_outbound;

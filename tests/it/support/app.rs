@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use handoff::app::{App, AppState};
+use handoff::app::{App, AppState, Hooks};
 use handoff::config::Settings;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -26,19 +26,29 @@ impl TestApp {
 
     /// Embedded defaults, then `configure` may change anything.
     pub async fn spawn_with(configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_hooked(configure, Hooks::default()).await
+    }
+
+    /// Like `spawn_with`, and `hooks` may replace ports (e.g. a store that fails on demand).
+    pub async fn spawn_hooked(configure: impl FnOnce(&mut Settings), hooks: Hooks) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut settings = Settings::embedded(data_dir.path());
         settings.host = "127.0.0.1".parse().unwrap();
         settings.port = 0;
         configure(&mut settings);
-        let mut app = Self::start(settings).await;
+        let mut app = Self::start_hooked(settings, hooks).await;
         app._data_dir = Some(data_dir);
         app
     }
 
     /// Exactly these settings (e.g. a second app on the same data directory).
+    #[allow(dead_code)]
     pub async fn start(settings: Settings) -> Self {
-        let app = App::build(settings).await.expect("app builds");
+        Self::start_hooked(settings, Hooks::default()).await
+    }
+
+    async fn start_hooked(settings: Settings, hooks: Hooks) -> Self {
+        let app = App::build_with(settings, hooks).await.expect("app builds");
         handoff::app::spawn_standard_workers(&app);
         let addr = app.local_addr();
         let state = app.state().clone();

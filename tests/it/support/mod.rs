@@ -1,6 +1,7 @@
 //! Helpers shared by the tests: real backing services and the app on port 0.
 
 pub mod app;
+pub mod fake_acs;
 pub mod services;
 
 #[allow(unused_imports)]

@@ -1,0 +1,378 @@
+//! WhatsApp messages in the domain's own words: what a customer sent (`InboundMessage`), what we
+//! send (`OutboundMessage`), and where a sent message is (`DeliveryStatus`, a monotonic state
+//! machine). Provider adapters convert to and from these types once, at the boundary.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::CustomerId;
+
+/// A message a customer sent us on WhatsApp.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboundMessage {
+    /// The provider's message id (ACS `messageId`): the dedupe key and the transcript source id.
+    pub message_id: String,
+    pub customer: CustomerId,
+    /// The WhatsApp id (digits) the customer wrote from, when WhatsApp showed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wa_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bsuid: Option<String>,
+    /// The business number (ACS channel registration id) the customer wrote to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_number: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub content: InboundContent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Image,
+    Document,
+    Video,
+    Audio,
+    Sticker,
+}
+
+impl MediaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Document => "document",
+            Self::Video => "video",
+            Self::Audio => "audio",
+            Self::Sticker => "sticker",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboundMedia {
+    pub kind: MediaKind,
+    /// Provider media id, valid for a limited time: download it when the message arrives.
+    pub media_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InboundContent {
+    Text {
+        text: String,
+    },
+    Media(InboundMedia),
+    /// A tap on a template's quick-reply button; `payload` is what we put in the template.
+    ButtonTap {
+        text: String,
+        payload: String,
+    },
+    /// A tap on an interactive reply button.
+    ButtonReply {
+        id: String,
+        title: String,
+    },
+    /// A choice from an interactive list.
+    ListReply {
+        id: String,
+        title: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+    Reaction {
+        message_id: String,
+        emoji: String,
+    },
+    /// A type we do not understand; kept (never dropped) so the agent and operators see it.
+    Unknown {
+        message_type: String,
+    },
+}
+
+impl InboundContent {
+    /// What the agent reads: the words, or a description of what arrived.
+    pub fn agent_text(&self) -> Option<&str> {
+        match self {
+            Self::Text { text } => Some(text),
+            Self::ButtonTap { text, .. } => Some(text),
+            Self::ButtonReply { title, .. } | Self::ListReply { title, .. } => Some(title),
+            Self::Media(m) => m.caption.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A short, body-free description (for transcripts of non-text content).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Text { .. } => "text message".into(),
+            Self::Media(m) => m.kind.as_str().to_owned(),
+            Self::ButtonTap { .. } => "button tap".into(),
+            Self::ButtonReply { .. } => "button reply".into(),
+            Self::ListReply { .. } => "list choice".into(),
+            Self::Reaction { emoji, .. } => format!("reaction {emoji}"),
+            Self::Unknown { message_type } => format!("unsupported message ({message_type})"),
+        }
+    }
+
+    /// The transcript line for this message.
+    pub fn transcript_text(&self) -> String {
+        match (self, self.agent_text()) {
+            (Self::Media(m), Some(caption)) => format!("[{}] {caption}", m.kind.as_str()),
+            (_, Some(text)) => text.to_owned(),
+            (_, None) => format!("[{}]", self.describe()),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Text { .. } => "text",
+            Self::Media(m) => m.kind.as_str(),
+            Self::ButtonTap { .. } => "button",
+            Self::ButtonReply { .. } => "button_reply",
+            Self::ListReply { .. } => "list_reply",
+            Self::Reaction { .. } => "reaction",
+            Self::Unknown { .. } => "unknown",
+        }
+    }
+}
+
+/// Where a sent message is. Ordered: a status only ever moves to a higher rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Accepted by the provider's API (not yet sent by WhatsApp).
+    Accepted,
+    Sent,
+    Delivered,
+    Read,
+    /// Terminal.
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// Parses a provider status case-insensitively; `None` for statuses without an effect
+    /// (`warning`, `unknown`, anything new).
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        [
+            ("accepted", Self::Accepted),
+            ("sent", Self::Sent),
+            ("delivered", Self::Delivered),
+            ("read", Self::Read),
+            ("failed", Self::Failed),
+        ]
+        .into_iter()
+        .find_map(|(name, status)| s.eq_ignore_ascii_case(name).then_some(status))
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Self::Accepted => 0,
+            Self::Sent => 1,
+            Self::Delivered => 2,
+            Self::Read => 3,
+            Self::Failed => 4,
+        }
+    }
+
+    /// The state machine: the status after `incoming` arrives in state `self`. Failed is
+    /// terminal; otherwise only forward moves count, so duplicates and reordering change nothing.
+    pub fn advance(self, incoming: Self) -> Option<Self> {
+        if self == Self::Failed {
+            return None;
+        }
+        (incoming.rank() > self.rank()).then_some(incoming)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// One status a message passed through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: DeliveryStatus,
+    pub at: DateTime<Utc>,
+}
+
+/// A provider's report on a sent message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    pub message_id: String,
+    pub status: DeliveryStatus,
+    /// The recipient, when the provider says who it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<CustomerId>,
+    pub at: DateTime<Utc>,
+    /// WhatsApp's error code (e.g. `131047`) of a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+}
+
+/// WhatsApp's "re-engagement message" error: the 24-hour window was closed.
+pub const WINDOW_CLOSED_CODE: &str = "131047";
+
+impl StatusUpdate {
+    pub fn closes_window(&self) -> bool {
+        self.status == DeliveryStatus::Failed
+            && self.error_code.as_deref() == Some(WINDOW_CLOSED_CODE)
+    }
+}
+
+/// An entry of the message log: one message in either direction, without its body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// Provider message id (inbound `messageId`, or the send receipt's id).
+    pub message_id: String,
+    /// `None` only for a status that arrived before we recorded its send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<CustomerId>,
+    pub direction: Direction,
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeliveryStatus>,
+    #[serde(default)]
+    pub history: Vec<StatusChange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+}
+
+impl MessageRecord {
+    /// Applies a status report; returns whether anything changed.
+    pub fn apply(&mut self, update: &StatusUpdate) -> bool {
+        let current = self.status.unwrap_or(DeliveryStatus::Accepted);
+        let next = if self.status.is_none() {
+            Some(update.status)
+        } else {
+            current.advance(update.status)
+        };
+        let Some(next) = next else {
+            return false;
+        };
+        self.status = Some(next);
+        self.history.push(StatusChange {
+            status: next,
+            at: update.at,
+        });
+        if update.error_code.is_some() {
+            self.error_code.clone_from(&update.error_code);
+        }
+        if self.customer.is_none() {
+            self.customer.clone_from(&update.customer);
+        }
+        true
+    }
+
+    /// Merges what a send learned into a record a status report created first.
+    pub fn merge_send(&mut self, sent: MessageRecord) {
+        let early = std::mem::replace(self, sent);
+        for change in early.history {
+            let error_code = (change.status == DeliveryStatus::Failed)
+                .then(|| early.error_code.clone())
+                .flatten();
+            self.apply(&StatusUpdate {
+                message_id: self.message_id.clone(),
+                status: change.status,
+                customer: None,
+                at: change.at,
+                error_code,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DeliveryStatus::*;
+
+    #[test]
+    fn status_moves_only_forward_and_failed_is_terminal() {
+        assert_eq!(Sent.advance(Delivered), Some(Delivered));
+        assert_eq!(Delivered.advance(Sent), None);
+        assert_eq!(Read.advance(Delivered), None);
+        assert_eq!(Sent.advance(Read), Some(Read));
+        assert_eq!(Read.advance(Read), None);
+        assert_eq!(Delivered.advance(Failed), Some(Failed));
+        assert_eq!(Failed.advance(Read), None);
+        assert_eq!(Accepted.advance(Sent), Some(Sent));
+    }
+
+    #[test]
+    fn statuses_parse_case_insensitively() {
+        assert_eq!(DeliveryStatus::parse("Sent"), Some(Sent));
+        assert_eq!(DeliveryStatus::parse("FAILED"), Some(Failed));
+        assert_eq!(DeliveryStatus::parse("delivered"), Some(Delivered));
+        assert_eq!(DeliveryStatus::parse("warning"), None);
+    }
+
+    fn update(status: DeliveryStatus, secs: i64) -> StatusUpdate {
+        StatusUpdate {
+            message_id: "m".into(),
+            status,
+            customer: None,
+            at: DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap(),
+            error_code: None,
+        }
+    }
+
+    fn record() -> MessageRecord {
+        MessageRecord {
+            message_id: "m".into(),
+            customer: None,
+            direction: Direction::Outbound,
+            kind: "text".into(),
+            at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            status: Some(Accepted),
+            history: vec![],
+            error_code: None,
+        }
+    }
+
+    #[test]
+    fn reordered_and_duplicated_reports_end_in_the_highest_status() {
+        let mut r = record();
+        assert!(r.apply(&update(Read, 3)));
+        assert!(!r.apply(&update(Delivered, 2)));
+        assert!(!r.apply(&update(Sent, 1)));
+        assert!(!r.apply(&update(Read, 3)));
+        assert_eq!(r.status, Some(Read));
+        assert_eq!(r.history.len(), 1);
+    }
+
+    #[test]
+    fn a_status_that_came_before_the_send_survives_the_merge() {
+        let mut early = record();
+        early.status = None;
+        assert!(early.apply(&update(Delivered, 2)));
+        early.merge_send(record());
+        assert_eq!(early.status, Some(Delivered));
+    }
+
+    #[test]
+    fn content_is_described_without_bodies_for_non_text() {
+        let c = InboundContent::Reaction {
+            message_id: "x".into(),
+            emoji: "👍".into(),
+        };
+        assert_eq!(c.transcript_text(), "[reaction 👍]");
+        let m = InboundContent::Media(InboundMedia {
+            kind: MediaKind::Image,
+            media_id: "i".into(),
+            mime_type: None,
+            file_name: None,
+            caption: Some("look".into()),
+        });
+        assert_eq!(m.transcript_text(), "[image] look");
+    }
+}

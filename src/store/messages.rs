@@ -1,0 +1,185 @@
+//! The message log: every WhatsApp message in either direction, per customer, with its kind,
+//! provider message id, status history and error code, never its text. Status reports are
+//! applied with compare-and-swap through the pure state machine in `domain::message`, so
+//! duplicated and reordered reports never move a status backwards. Embedded adapter: redb
+//! tables written through the group-commit writer (each write op is atomic there, which is
+//! the compare-and-swap). (Cosmos design: one item per message, id = provider message id,
+//! partition key `/customerId`, ETag CAS.)
+
+use async_trait::async_trait;
+use redb::{ReadableTable, TableDefinition};
+
+use super::StoreError;
+use super::embedded::EmbeddedDb;
+use crate::domain::{CustomerId, MessageRecord, StatusUpdate};
+
+#[async_trait]
+pub trait MessageLog: Send + Sync + 'static {
+    /// Records a message; if a record with its id exists (a status that came first, or a
+    /// redelivered inbound message), merges instead of duplicating.
+    async fn record(&self, record: MessageRecord) -> Result<(), StoreError>;
+    /// Applies a status report. Returns the record when the report changed it; `None` when it
+    /// changed nothing. A report for an unknown message is kept, so the send can merge it.
+    async fn apply_status(&self, update: StatusUpdate)
+    -> Result<Option<MessageRecord>, StoreError>;
+    async fn get(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError>;
+    /// The customer's messages in the order they were recorded.
+    async fn list(&self, customer: &CustomerId) -> Result<Vec<MessageRecord>, StoreError>;
+}
+
+const BACKEND: &str = "embedded";
+/// provider message id → record JSON.
+const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
+/// (customer id, sequence) → provider message id.
+const BY_CUSTOMER: TableDefinition<(&str, u64), &str> =
+    TableDefinition::new("messages_by_customer");
+const META: TableDefinition<&str, u64> = TableDefinition::new("whatsapp_meta");
+
+fn be(e: impl std::fmt::Display) -> StoreError {
+    StoreError::backend(BACKEND, e)
+}
+
+#[derive(Clone)]
+pub struct EmbeddedMessageLog {
+    db: EmbeddedDb,
+}
+
+impl EmbeddedMessageLog {
+    pub async fn new(db: EmbeddedDb) -> Result<Self, StoreError> {
+        db.write(|txn| {
+            txn.open_table(MESSAGES).map_err(be)?;
+            txn.open_table(BY_CUSTOMER).map_err(be)?;
+            txn.open_table(META).map_err(be)?;
+            Ok(())
+        })
+        .await?;
+        Ok(Self { db })
+    }
+}
+
+fn load(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<MessageRecord>, StoreError> {
+    table
+        .get(id)
+        .map_err(be)?
+        .map(|v| serde_json::from_slice(v.value()).map_err(be))
+        .transpose()
+}
+
+fn index(txn: &redb::WriteTransaction, customer: &CustomerId, id: &str) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META).map_err(be)?;
+    let seq = meta
+        .get("message_seq")
+        .map_err(be)?
+        .map(|v| v.value())
+        .unwrap_or(0)
+        + 1;
+    meta.insert("message_seq", seq).map_err(be)?;
+    let mut by_customer = txn.open_table(BY_CUSTOMER).map_err(be)?;
+    by_customer
+        .insert((customer.as_str(), seq), id)
+        .map_err(be)?;
+    Ok(())
+}
+
+#[async_trait]
+impl MessageLog for EmbeddedMessageLog {
+    async fn record(&self, record: MessageRecord) -> Result<(), StoreError> {
+        self.db
+            .write(move |txn| {
+                let mut messages = txn.open_table(MESSAGES).map_err(be)?;
+                let existing = load(&messages, &record.message_id)?;
+                let (merged, newly_indexed) = match existing {
+                    // A redelivered message: nothing new.
+                    Some(e) if e.customer.is_some() => return Ok(()),
+                    Some(mut early) => {
+                        early.merge_send(record);
+                        (early, true)
+                    }
+                    None => (record, true),
+                };
+                let bytes = serde_json::to_vec(&merged).map_err(be)?;
+                messages
+                    .insert(merged.message_id.as_str(), bytes.as_slice())
+                    .map_err(be)?;
+                drop(messages);
+                if newly_indexed && let Some(customer) = &merged.customer {
+                    index(txn, customer, &merged.message_id)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn apply_status(
+        &self,
+        update: StatusUpdate,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.db
+            .write(move |txn| {
+                let mut messages = txn.open_table(MESSAGES).map_err(be)?;
+                let mut record = match load(&messages, &update.message_id)? {
+                    Some(r) => r,
+                    None => MessageRecord {
+                        message_id: update.message_id.clone(),
+                        // Filled in when the send is recorded; an orphan is not listed.
+                        customer: None,
+                        direction: crate::domain::Direction::Outbound,
+                        kind: "unknown".into(),
+                        at: update.at,
+                        status: None,
+                        history: Vec::new(),
+                        error_code: None,
+                    },
+                };
+                // Keep the customer unset on orphans: `record` indexes when the send arrives.
+                let orphan = record.customer.is_none();
+                let mut probe = update.clone();
+                if orphan {
+                    probe.customer = None;
+                }
+                if !record.apply(&probe) {
+                    return Ok(None);
+                }
+                let bytes = serde_json::to_vec(&record).map_err(be)?;
+                messages
+                    .insert(record.message_id.as_str(), bytes.as_slice())
+                    .map_err(be)?;
+                Ok(Some(record))
+            })
+            .await
+    }
+
+    async fn get(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        let id = message_id.to_owned();
+        self.db
+            .read(move |txn| {
+                let messages = txn.open_table(MESSAGES).map_err(be)?;
+                load(&messages, &id)
+            })
+            .await
+    }
+
+    async fn list(&self, customer: &CustomerId) -> Result<Vec<MessageRecord>, StoreError> {
+        let customer = customer.as_str().to_owned();
+        self.db
+            .read(move |txn| {
+                let by_customer = txn.open_table(BY_CUSTOMER).map_err(be)?;
+                let messages = txn.open_table(MESSAGES).map_err(be)?;
+                let mut out = Vec::new();
+                for item in by_customer
+                    .range((customer.as_str(), 0)..=(customer.as_str(), u64::MAX))
+                    .map_err(be)?
+                {
+                    let (_, id) = item.map_err(be)?;
+                    if let Some(r) = load(&messages, id.value())? {
+                        out.push(r);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+}

@@ -1,0 +1,417 @@
+//! WhatsApp: inbound events become durable inbox entries before they are acknowledged; a
+//! worker drains the inbox (one customer at a time, in order, many customers in parallel),
+//! updates the shared context and answers through the agent; every send goes through the
+//! planner. Providers sit behind [`WhatsAppSender`]: ACS Advanced Messaging ([`acs`]) or the
+//! offline [`sandbox`].
+//!
+//! The plain async API the rest of the service calls: [`WhatsApp::ingest`] (webhook),
+//! [`WhatsApp::send`], [`WhatsApp::send_template`] (the handoff saga), [`WhatsApp::messages`].
+
+pub mod acs;
+pub mod planner;
+pub mod sandbox;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::agent::Agent;
+use crate::config::Settings;
+use crate::domain::template::{
+    CONVERSATION_CONTINUATION, TemplateRegistry, TemplateSpec, TemplateStatus,
+};
+use crate::domain::{CustomerId, MessageRecord, OutboundMessage, StatusUpdate, WhatsAppProvider};
+use crate::eventgrid::{self, Delivery, EnvelopeError};
+use crate::store::inbox::{Appended, DEDUPE_TTL, Inbox, InboxEvent, NewEntry};
+use crate::store::media::MediaStore;
+use crate::store::messages::MessageLog;
+use crate::store::{Claim, ClaimStore, Contexts, StoreError};
+
+pub use planner::{Initiation, SendError, SendPlanner, SentMessage};
+
+/// Who a message goes to, as the provider addresses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// WhatsApp id (digits, no `+`) or business-scoped user id.
+    pub address: String,
+    /// ACS channel registration id the message leaves from.
+    pub business_number: Option<String>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SenderError {
+    /// The provider refused the request for good (4xx): retrying the same request cannot help.
+    #[error("provider rejected the message with {status} {code}: {message}")]
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// Still failing after the retries (429, 5xx, timeouts).
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0} is not configured")]
+    NotConfigured(&'static str),
+}
+
+/// A WhatsApp provider's send operation.
+#[async_trait]
+pub trait WhatsAppSender: Send + Sync + 'static {
+    fn provider(&self) -> WhatsAppProvider;
+    /// Sends one message; returns the provider's message id.
+    async fn send(&self, to: &Recipient, message: &OutboundMessage) -> Result<String, SenderError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a webhook delivery amounted to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    Validation {
+        code: String,
+    },
+    Events {
+        fresh: usize,
+        duplicate: usize,
+        ignored: usize,
+    },
+}
+
+/// The ports the WhatsApp service is built from.
+pub struct WhatsAppPorts {
+    pub contexts: Contexts,
+    pub inbox: Arc<dyn Inbox>,
+    pub log: Arc<dyn MessageLog>,
+    pub media: Arc<dyn MediaStore>,
+    /// Cross-replica fast-path claims (Redis), when configured.
+    pub fast_claims: Option<Arc<dyn ClaimStore>>,
+    pub agent: Arc<dyn Agent>,
+    /// ACS client, when ACS is configured; otherwise the sandbox provider is used.
+    pub acs: Option<crate::acs::AcsClient>,
+}
+
+pub struct WhatsApp {
+    settings: Arc<Settings>,
+    contexts: Contexts,
+    inbox: Arc<dyn Inbox>,
+    log: Arc<dyn MessageLog>,
+    media: Arc<dyn MediaStore>,
+    fast_claims: Option<Arc<dyn ClaimStore>>,
+    agent: Arc<dyn Agent>,
+    planner: SendPlanner,
+    provider: WhatsAppProvider,
+    acs: Option<Arc<acs::AcsSender>>,
+    sandbox: Option<Arc<sandbox::SandboxSender>>,
+    templates: RwLock<TemplateRegistry>,
+    dispatcher: worker::Dispatcher,
+    sandbox_statuses: Mutex<Option<mpsc::UnboundedReceiver<StatusUpdate>>>,
+    unknown_types: Mutex<HashMap<String, u64>>,
+}
+
+impl WhatsApp {
+    pub fn new(settings: Arc<Settings>, ports: WhatsAppPorts) -> Arc<Self> {
+        let wa = &settings.whatsapp;
+        let (status_tx, status_rx) = mpsc::unbounded_channel();
+        let (sender, acs, sandbox): (Arc<dyn WhatsAppSender>, _, _) = match ports.acs {
+            Some(client) => {
+                let s = Arc::new(acs::AcsSender::new(
+                    client,
+                    &wa.acs_api_version,
+                    &wa.acs_preview_api_version,
+                ));
+                (s.clone(), Some(s), None)
+            }
+            None => {
+                let s = Arc::new(sandbox::SandboxSender::new(status_tx));
+                (s.clone(), None, Some(s))
+            }
+        };
+        let provider = sender.provider();
+        let planner = SendPlanner::new(
+            sender,
+            ports.contexts.clone(),
+            ports.log.clone(),
+            planner::PlannerSettings {
+                window_margin: wa.window_safety_margin,
+                send_rate_per_sec: wa.send_rate_per_sec,
+                recipient_min_interval: wa.recipient_min_interval,
+                default_business_number: wa.acs_channel_id.clone(),
+            },
+        );
+        let templates = RwLock::new(load_templates(&settings));
+        Arc::new(Self {
+            contexts: ports.contexts,
+            inbox: ports.inbox,
+            log: ports.log,
+            media: ports.media,
+            fast_claims: ports.fast_claims,
+            agent: ports.agent,
+            planner,
+            provider,
+            acs,
+            sandbox,
+            templates,
+            dispatcher: worker::Dispatcher::default(),
+            sandbox_statuses: Mutex::new(Some(status_rx)),
+            unknown_types: Mutex::new(HashMap::new()),
+            settings,
+        })
+    }
+
+    pub fn provider(&self) -> WhatsAppProvider {
+        self.provider
+    }
+
+    /// Handles one webhook delivery body: validation handshake, or claim + record every event
+    /// durably. `Ok` means everything is recorded (or a duplicate) and may be acknowledged.
+    pub async fn ingest(&self, body: &[u8]) -> Result<Ingested, IngestError> {
+        let events = match eventgrid::parse(body)? {
+            Delivery::Validation { code } => return Ok(Ingested::Validation { code }),
+            Delivery::Events(events) => events,
+        };
+        let mut entries = Vec::with_capacity(events.len());
+        let mut ignored = 0;
+        for event in &events {
+            match acs::parse_event(event) {
+                Ok(acs::AcsEvent::Received(m)) => entries.push(NewEntry {
+                    dedupe_keys: vec![format!("eg:{}", event.id), format!("msg:{}", m.message_id)],
+                    partition: m.customer.as_str().to_owned(),
+                    event: InboxEvent::Message(m),
+                }),
+                Ok(acs::AcsEvent::Status(s)) => entries.push(NewEntry {
+                    dedupe_keys: vec![format!("eg:{}", event.id)],
+                    partition: status_partition(&s),
+                    event: InboxEvent::Status(s),
+                }),
+                Ok(acs::AcsEvent::NoEffect) => ignored += 1,
+                Ok(acs::AcsEvent::Unknown) => {
+                    ignored += 1;
+                    self.count_unknown(&event.event_type);
+                }
+                Err(err) => {
+                    // It can never succeed: acknowledge (Event Grid would retry it for a day).
+                    ignored += 1;
+                    tracing::warn!(event_id = %event.id, event_type = %event.event_type, error = %err, "whatsapp event ignored");
+                }
+            }
+        }
+        let total = entries.len();
+        let (fresh, duplicate) = self.record(entries).await?;
+        Ok(Ingested::Events {
+            fresh,
+            duplicate: duplicate + (total - fresh - duplicate),
+            ignored,
+        })
+    }
+
+    /// Claims and appends entries, then hands the fresh ones to the worker.
+    async fn record(&self, entries: Vec<NewEntry>) -> Result<(usize, usize), StoreError> {
+        let mut entries = entries;
+        let mut taken = Vec::new();
+        let mut fast_duplicates = 0;
+        if let Some(claims) = &self.fast_claims
+            && !entries.is_empty()
+        {
+            // Redis `SET NX` on the Event Grid id: the cross-replica fast path. The durable
+            // insert-if-absent below stays the source of truth; Redis down only loses speed.
+            let keys: Vec<String> = entries
+                .iter()
+                .map(|e| format!("wa:{}", e.dedupe_keys[0]))
+                .collect();
+            let outcomes =
+                futures::future::join_all(keys.iter().map(|k| claims.claim(k, DEDUPE_TTL))).await;
+            let mut kept = Vec::with_capacity(entries.len());
+            for (entry, outcome) in entries.into_iter().zip(outcomes) {
+                match outcome {
+                    Ok(Claim::Duplicate) => fast_duplicates += 1,
+                    Ok(Claim::Fresh) => {
+                        taken.push(format!("wa:{}", entry.dedupe_keys[0]));
+                        kept.push(entry);
+                    }
+                    Err(_) => kept.push(entry),
+                }
+            }
+            entries = kept;
+        }
+        if entries.is_empty() {
+            return Ok((0, fast_duplicates));
+        }
+        let appended = match self.inbox.append(entries).await {
+            Ok(a) => a,
+            Err(err) => {
+                // Give the claims back so the redelivery is not mistaken for a duplicate.
+                if let Some(claims) = &self.fast_claims {
+                    for key in &taken {
+                        let _ = claims.release(key).await;
+                    }
+                }
+                return Err(err);
+            }
+        };
+        let mut fresh = 0;
+        let mut duplicate = fast_duplicates;
+        for a in appended {
+            match a {
+                Appended::Fresh(entry) => {
+                    fresh += 1;
+                    self.dispatcher.submit(*entry);
+                }
+                Appended::Duplicate => duplicate += 1,
+            }
+        }
+        Ok((fresh, duplicate))
+    }
+
+    fn count_unknown(&self, event_type: &str) {
+        let mut seen = self.unknown_types.lock().unwrap_or_else(|p| p.into_inner());
+        let count = seen.entry(event_type.to_owned()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            tracing::info!(
+                event_type,
+                "ignoring an event type the WhatsApp webhook does not handle (logged once)"
+            );
+        }
+    }
+
+    /// How many events of each unhandled type were acknowledged and ignored.
+    pub fn unknown_event_counts(&self) -> HashMap<String, u64> {
+        self.unknown_types
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sends a message through the planner (window, limits, pacing, splitting).
+    pub async fn send(
+        &self,
+        customer: &CustomerId,
+        message: OutboundMessage,
+        initiation: Initiation,
+    ) -> Result<Vec<SentMessage>, SendError> {
+        self.planner.send(customer, message, initiation).await
+    }
+
+    /// Sends an approved template, checked against the registry before any HTTP call.
+    pub async fn send_template(
+        &self,
+        customer: &CustomerId,
+        name: &str,
+        params: Vec<String>,
+        button_payload: Option<String>,
+    ) -> Result<SentMessage, SendError> {
+        let message = {
+            let registry = self.templates.read().unwrap_or_else(|p| p.into_inner());
+            registry.build(
+                name,
+                &self.settings.whatsapp.template_language,
+                params,
+                button_payload.into_iter().collect(),
+            )?
+        };
+        let mut sent = self
+            .planner
+            .send(
+                customer,
+                OutboundMessage::Template(message),
+                Initiation::Business,
+            )
+            .await?;
+        sent.pop().ok_or(SendError::Sender(SenderError::Unavailable(
+            "nothing sent".into(),
+        )))
+    }
+
+    /// The customer's conversation, both directions, in order.
+    pub async fn messages(&self, customer: &CustomerId) -> Result<Vec<MessageRecord>, StoreError> {
+        self.log.list(customer).await
+    }
+
+    /// What the sandbox provider "sent" (`None` when a real provider is configured).
+    pub fn sandbox_records(&self) -> Option<Vec<sandbox::SandboxRecord>> {
+        self.sandbox.as_ref().map(|s| s.records())
+    }
+
+    pub fn templates(&self) -> Vec<TemplateSpec> {
+        self.templates
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .all()
+            .cloned()
+            .collect()
+    }
+
+    /// Refreshes the registry from the provider's template list and checks that
+    /// `conversation_continuation` exists and is approved (warns when not).
+    pub async fn refresh_templates(&self) {
+        let (Some(acs), Some(channel)) = (&self.acs, &self.settings.whatsapp.acs_channel_id) else {
+            return;
+        };
+        match acs.list_templates(channel).await {
+            Ok(specs) => {
+                let mut registry = self.templates.write().unwrap_or_else(|p| p.into_inner());
+                let n = specs.len();
+                for spec in specs {
+                    registry.insert(spec);
+                }
+                tracing::info!(templates = n, "whatsapp templates refreshed from ACS");
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot list whatsapp templates"),
+        }
+        let language = &self.settings.whatsapp.template_language;
+        let registry = self.templates.read().unwrap_or_else(|p| p.into_inner());
+        match registry.get(CONVERSATION_CONTINUATION, language) {
+            Some(t) if t.status == TemplateStatus::Approved => {}
+            Some(t) => {
+                tracing::warn!(language = %language, status = ?t.status, "conversation_continuation is not approved")
+            }
+            None => {
+                tracing::warn!(language = %language, "conversation_continuation does not exist")
+            }
+        }
+    }
+}
+
+fn status_partition(s: &StatusUpdate) -> String {
+    s.customer.as_ref().map_or_else(
+        || format!("msg:{}", s.message_id),
+        |c| c.as_str().to_owned(),
+    )
+}
+
+/// The built-in template plus `WHATSAPP_TEMPLATES_FILE` (a JSON array of template specs).
+fn load_templates(settings: &Settings) -> TemplateRegistry {
+    let mut registry = TemplateRegistry::with_builtin(&settings.whatsapp.template_language);
+    if let Some(path) = &settings.whatsapp.templates_file {
+        match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                serde_json::from_slice::<Vec<TemplateSpec>>(&b).map_err(|e| e.to_string())
+            }) {
+            Ok(specs) => specs.into_iter().for_each(|s| registry.insert(s)),
+            Err(err) => {
+                tracing::warn!(path = %path.display(), error = %err, "cannot read WHATSAPP_TEMPLATES_FILE")
+            }
+        }
+    }
+    registry
+}
+
+impl std::fmt::Debug for WhatsApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhatsApp")
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+pub use worker::spawn_workers;

@@ -1,0 +1,222 @@
+//! The send planner in front of every WhatsApp sender. Right before each provider call it
+//! checks the 24-hour window (free-form messages only), the opt-out (business-initiated
+//! messages), the interactive limits, and paces per business number and per recipient. Long
+//! text is split into ordered messages. Every accepted send is written to the message log.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+
+use super::{Recipient, SenderError, WhatsAppSender};
+use crate::domain::outbound::{InteractiveError, MAX_TEXT_CHARS, split_text, window_open};
+use crate::domain::template::TemplateError;
+use crate::domain::{
+    CustomerContext, CustomerId, DeliveryStatus, Direction, MessageRecord, OutboundMessage,
+};
+use crate::store::messages::MessageLog;
+use crate::store::{Contexts, StoreError};
+
+/// What a send produced: one provider message id per WhatsApp message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMessage {
+    pub message_id: String,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// Outside the 24-hour window (or inside its safety margin): only templates may be sent.
+    #[error("the customer service window is closed; only templates may be sent")]
+    WindowClosed,
+    #[error("the customer opted out of business-initiated messages")]
+    OptedOut,
+    #[error("no WhatsApp address is known for this customer")]
+    NoAddress,
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Interactive(#[from] InteractiveError),
+    #[error(transparent)]
+    Sender(#[from] SenderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why we are sending: replies may go to opted-out customers, business-initiated messages not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initiation {
+    Reply,
+    Business,
+}
+
+/// Minimum-interval pacing per key (in-process; a shared limiter across replicas would live in
+/// Redis).
+#[derive(Default)]
+struct Pacer {
+    next: Mutex<HashMap<String, Instant>>,
+}
+
+impl Pacer {
+    /// Reserves the next slot for `key`; returns when it may be used.
+    fn reserve(&self, key: &str, interval: Duration) -> Instant {
+        let now = Instant::now();
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        if next.len() > 100_000 {
+            next.retain(|_, at| *at > now);
+        }
+        let slot = next.get(key).copied().filter(|at| *at > now).unwrap_or(now);
+        next.insert(key.to_owned(), slot + interval);
+        slot
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannerSettings {
+    pub window_margin: Duration,
+    pub send_rate_per_sec: u32,
+    pub recipient_min_interval: Duration,
+    /// The configured business number (ACS channel registration id).
+    pub default_business_number: Option<String>,
+}
+
+pub struct SendPlanner {
+    sender: Arc<dyn WhatsAppSender>,
+    contexts: Contexts,
+    log: Arc<dyn MessageLog>,
+    settings: PlannerSettings,
+    pacer: Pacer,
+}
+
+impl SendPlanner {
+    pub fn new(
+        sender: Arc<dyn WhatsAppSender>,
+        contexts: Contexts,
+        log: Arc<dyn MessageLog>,
+        settings: PlannerSettings,
+    ) -> Self {
+        Self {
+            sender,
+            contexts,
+            log,
+            settings,
+            pacer: Pacer::default(),
+        }
+    }
+
+    fn recipient(&self, ctx: &CustomerContext) -> Result<Recipient, SendError> {
+        let session = ctx.whatsapp.as_ref();
+        let address = session
+            .and_then(|s| s.wa_id.clone())
+            .or_else(|| ctx.customer_id.whatsapp_address().map(str::to_owned))
+            .or_else(|| session.and_then(|s| s.bsuid.clone()))
+            .or_else(|| ctx.customer_id.bsuid().map(str::to_owned))
+            .ok_or(SendError::NoAddress)?;
+        // Reply from the number the customer wrote to; otherwise the configured one.
+        let business_number = session
+            .and_then(|s| s.business_number.clone())
+            .or_else(|| self.settings.default_business_number.clone());
+        Ok(Recipient {
+            address,
+            business_number,
+        })
+    }
+
+    fn window_is_open(&self, ctx: &CustomerContext) -> bool {
+        let margin = chrono::Duration::from_std(self.settings.window_margin)
+            .unwrap_or(chrono::Duration::zero());
+        let s = ctx.whatsapp.as_ref();
+        window_open(
+            s.and_then(|s| s.last_inbound_at),
+            s.and_then(|s| s.window_closed_at),
+            margin,
+            Utc::now(),
+        )
+    }
+
+    /// Sends `message` to `customer`: text longer than WhatsApp allows becomes several messages,
+    /// sent in order. Every check happens before any HTTP call.
+    pub async fn send(
+        &self,
+        customer: &CustomerId,
+        message: OutboundMessage,
+        initiation: Initiation,
+    ) -> Result<Vec<SentMessage>, SendError> {
+        if let OutboundMessage::Interactive(i) = &message {
+            i.validate()?;
+        }
+        let parts = match message {
+            OutboundMessage::Text { text } => split_text(&text, MAX_TEXT_CHARS)
+                .into_iter()
+                .map(|text| OutboundMessage::Text { text })
+                .collect(),
+            other => vec![other],
+        };
+        let mut sent = Vec::with_capacity(parts.len());
+        for part in parts {
+            sent.push(self.send_one(customer, part, initiation).await?);
+        }
+        Ok(sent)
+    }
+
+    async fn send_one(
+        &self,
+        customer: &CustomerId,
+        message: OutboundMessage,
+        initiation: Initiation,
+    ) -> Result<SentMessage, SendError> {
+        let ctx = crate::store::get_or_default(self.contexts.store(), customer).await?;
+        if initiation == Initiation::Business && ctx.opted_out {
+            return Err(SendError::OptedOut);
+        }
+        let recipient = self.recipient(&ctx)?;
+        if message.is_free_form() && !self.window_is_open(&ctx) {
+            return Err(SendError::WindowClosed);
+        }
+        let per_number = Duration::from_secs(1) / self.settings.send_rate_per_sec.max(1);
+        let number_slot = self.pacer.reserve(
+            &format!("n:{}", recipient.business_number.as_deref().unwrap_or("")),
+            per_number,
+        );
+        let recipient_slot = self.pacer.reserve(
+            &format!("r:{}", recipient.address),
+            self.settings.recipient_min_interval,
+        );
+        let slot = number_slot.max(recipient_slot);
+        if slot > Instant::now() {
+            tokio::time::sleep_until(slot).await;
+            // The wait may have crossed the window's end: check again, right before the call.
+            if message.is_free_form() {
+                let fresh = crate::store::get_or_default(self.contexts.store(), customer).await?;
+                if !self.window_is_open(&fresh) {
+                    return Err(SendError::WindowClosed);
+                }
+            }
+        }
+        let message_id = self.sender.send(&recipient, &message).await?;
+        let now = Utc::now();
+        self.log
+            .record(MessageRecord {
+                message_id: message_id.clone(),
+                customer: Some(customer.clone()),
+                direction: Direction::Outbound,
+                kind: message.kind().into(),
+                at: now,
+                status: Some(DeliveryStatus::Accepted),
+                history: vec![crate::domain::message::StatusChange {
+                    status: DeliveryStatus::Accepted,
+                    at: now,
+                }],
+                error_code: None,
+            })
+            .await?;
+        tracing::info!(
+            customer = %customer,
+            message_id = %message_id,
+            kind = message.kind(),
+            "whatsapp message accepted by the provider"
+        );
+        Ok(SentMessage { message_id })
+    }
+}

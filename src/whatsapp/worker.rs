@@ -1,0 +1,516 @@
+//! The inbox worker. Entries are grouped by partition (the customer): one task per active
+//! customer handles that customer's entries strictly in order, while different customers run in
+//! parallel. A customer's burst of messages is collected for a short, capped moment and answered
+//! once. A periodic sweep re-picks entries left pending (by a crash, or a failed attempt).
+//! Entries are completed (removed from the inbox) only after they were handled.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Initiation, WhatsApp};
+use crate::agent::{AgentInput, AgentRequest};
+use crate::domain::{
+    Channel, Direction, InboundContent, InboundMessage, MessageRecord, OutboundMessage, Role,
+    StatusUpdate, Turn, WhatsAppSession,
+};
+use crate::store::StoreError;
+use crate::store::inbox::{InboxEntry, InboxEvent, NewEntry};
+
+/// How often pending entries are swept (and at start-up).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// A burst is collected for at most this many waits.
+const MAX_BURST_ROUNDS: u32 = 4;
+/// Attempts at one entry before it is left for the sweep.
+const ATTEMPTS: u32 = 3;
+/// Customers handled at the same moment. Bounded so that a flood of deliveries leaves CPU for
+/// acknowledging them (the backlog is durable); a task waiting out a burst holds no permit.
+const CONCURRENCY: usize = 32;
+/// How long a replica may hold a customer's cross-replica lease (Redis) before it lapses.
+const LEASE_TTL: Duration = Duration::from_secs(60);
+
+pub(super) struct Dispatcher {
+    inner: Mutex<DispatchState>,
+    wake: tokio::sync::Notify,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Default for Dispatcher {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            permits: tokio::sync::Semaphore::new(CONCURRENCY),
+        }
+    }
+}
+
+#[derive(Default)]
+struct DispatchState {
+    /// Entries dispatched and not yet completed.
+    known: HashSet<u64>,
+    /// Completed recently: a sweep that read before the completion must not re-dispatch them.
+    completed: HashMap<u64, Instant>,
+    /// Queues of the partitions a task is working on.
+    active: HashMap<String, VecDeque<InboxEntry>>,
+    /// Partitions that need a task.
+    ready: VecDeque<String>,
+}
+
+impl Dispatcher {
+    /// Queues an entry for its partition's task (called after the entry is durable).
+    pub(super) fn submit(&self, entry: InboxEntry) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if s.completed.contains_key(&entry.seq) || !s.known.insert(entry.seq) {
+            return;
+        }
+        let partition = entry.partition.clone();
+        match s.active.get_mut(&partition) {
+            Some(queue) => queue.push_back(entry),
+            None => {
+                s.active.insert(partition.clone(), VecDeque::from([entry]));
+                s.ready.push_back(partition);
+                drop(s);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    fn next_ready(&self) -> Option<String> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ready
+            .pop_front()
+    }
+
+    /// Takes everything queued for `partition`; when nothing is, the partition is released
+    /// (atomically, so a concurrent submit starts a new task).
+    fn take(&self, partition: &str) -> Vec<InboxEntry> {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match s.active.get_mut(partition) {
+            Some(queue) if !queue.is_empty() => queue.drain(..).collect(),
+            _ => {
+                s.active.remove(partition);
+                Vec::new()
+            }
+        }
+    }
+
+    fn done(&self, seqs: &[u64]) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        for seq in seqs {
+            s.known.remove(seq);
+            s.completed.insert(*seq, now);
+        }
+        s.completed
+            .retain(|_, at| now.duration_since(*at) < SWEEP_INTERVAL * 3);
+    }
+
+    /// Forgets entries that failed, so the sweep picks them up again.
+    fn abandon(&self, seqs: &[u64]) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for seq in seqs {
+            s.known.remove(seq);
+        }
+    }
+}
+
+/// Starts the WhatsApp workers on `app`.
+pub fn spawn_workers(app: &crate::app::App, wa: Arc<WhatsApp>) {
+    let w = wa.clone();
+    app.spawn_worker("whatsapp-dispatcher", move |cancel| async move {
+        let tasks = tokio_util::task::TaskTracker::new();
+        loop {
+            while let Some(partition) = w.dispatcher.next_ready() {
+                let w = w.clone();
+                tasks.spawn(async move { w.run_partition(partition).await });
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = w.dispatcher.wake.notified() => {}
+            }
+        }
+        tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    });
+    let w = wa.clone();
+    app.spawn_worker("whatsapp-sweep", move |cancel| async move {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => w.sweep().await,
+            }
+        }
+    });
+    let statuses = wa
+        .sandbox_statuses
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(mut statuses) = statuses {
+        let w = wa.clone();
+        app.spawn_worker("whatsapp-sandbox-statuses", move |cancel| async move {
+            loop {
+                let update = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    u = statuses.recv() => match u { Some(u) => u, None => break },
+                };
+                w.record_sandbox_status(update, &cancel).await;
+            }
+        });
+    }
+    let w = wa;
+    app.spawn_worker("whatsapp-templates", move |cancel| async move {
+        tokio::select! {
+            () = cancel.cancelled() => {},
+            () = w.refresh_templates() => {},
+        }
+    });
+}
+
+impl WhatsApp {
+    async fn sweep(&self) {
+        match self.inbox.pending(1000).await {
+            Ok(entries) => {
+                for entry in entries {
+                    self.dispatcher.submit(entry);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "whatsapp inbox sweep failed"),
+        }
+        if let Err(err) = self.inbox.purge_expired().await {
+            tracing::warn!(error = %err, "whatsapp dedupe key purge failed");
+        }
+    }
+
+    /// The sandbox's statuses take the same path as a provider's: into the inbox, then the worker.
+    async fn record_sandbox_status(&self, update: StatusUpdate, cancel: &CancellationToken) {
+        let entry = NewEntry {
+            dedupe_keys: vec![format!("sandbox:{}:{:?}", update.message_id, update.status)],
+            partition: super::status_partition(&update),
+            event: InboxEvent::Status(update),
+        };
+        for _ in 0..ATTEMPTS {
+            match self.record(vec![entry.clone()]).await {
+                Ok(_) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot record a sandbox status; retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_partition(self: Arc<Self>, partition: String) {
+        let leased = self.lease(&partition).await;
+        loop {
+            let batch = self.dispatcher.take(&partition);
+            if batch.is_empty() {
+                break;
+            }
+            self.handle_batch(&partition, batch).await;
+        }
+        if let (Some(key), Some(claims)) = (leased, &self.fast_claims) {
+            let _ = claims.release(&key).await;
+        }
+    }
+
+    /// With Redis, one replica at a time works on a customer: a `SET NX PX` lease, waited for.
+    /// Redis down means no lease (context writes stay safe through compare-and-swap).
+    async fn lease(&self, partition: &str) -> Option<String> {
+        let claims = self.fast_claims.as_ref()?;
+        let key = format!("wa:lease:{partition}");
+        for _ in 0..(LEASE_TTL.as_millis() / 50) {
+            match claims.claim(&key, LEASE_TTL).await {
+                Ok(crate::store::Claim::Fresh) => return Some(key),
+                Ok(crate::store::Claim::Duplicate) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Handles entries in order. Messages are applied as they come; the agent answers once,
+    /// after the customer's burst has ended (or the cap is reached).
+    async fn handle_batch(&self, partition: &str, batch: Vec<InboxEntry>) {
+        let mut handled = Vec::new();
+        let mut new_messages = Vec::new();
+        let mut pending: VecDeque<InboxEntry> = batch.into();
+        let mut rounds = 0;
+        loop {
+            while let Some(entry) = pending.pop_front() {
+                let seq = entry.seq;
+                let permit = self.dispatcher.permits.acquire().await;
+                let handled_entry = self.handle_entry(entry, &mut new_messages).await;
+                drop(permit);
+                match handled_entry {
+                    Ok(()) => handled.push(seq),
+                    Err(err) => {
+                        tracing::warn!(error = %err, seq, "whatsapp inbox entry failed; left for the sweep");
+                        // Keep order: this and everything after it wait for the sweep.
+                        let mut left = vec![seq];
+                        left.extend(pending.iter().map(|e| e.seq));
+                        left.extend(self.dispatcher.take_more(partition).iter().map(|e| e.seq));
+                        self.dispatcher.abandon(&left);
+                        self.finish(&handled).await;
+                        return;
+                    }
+                }
+            }
+            let burst_wait = self.settings.whatsapp.burst_wait;
+            if new_messages.is_empty() || burst_wait.is_zero() || rounds >= MAX_BURST_ROUNDS {
+                break;
+            }
+            rounds += 1;
+            tokio::time::sleep(burst_wait).await;
+            let more = self.dispatcher.take_more(partition);
+            if more.is_empty() {
+                break;
+            }
+            pending.extend(more);
+        }
+        if !new_messages.is_empty() {
+            let _permit = self.dispatcher.permits.acquire().await;
+            self.answer(new_messages).await;
+        }
+        self.finish(&handled).await;
+    }
+
+    async fn finish(&self, handled: &[u64]) {
+        if handled.is_empty() {
+            return;
+        }
+        match self.inbox.complete(handled.to_vec()).await {
+            Ok(()) => self.dispatcher.done(handled),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot complete whatsapp inbox entries");
+                self.dispatcher.abandon(handled);
+            }
+        }
+    }
+
+    async fn handle_entry(
+        &self,
+        entry: InboxEntry,
+        new_messages: &mut Vec<InboundMessage>,
+    ) -> Result<(), StoreError> {
+        match entry.event {
+            InboxEvent::Message(m) => {
+                if self.apply_inbound(&m).await? {
+                    new_messages.push(m);
+                }
+                Ok(())
+            }
+            InboxEvent::Status(s) => self.apply_status(s).await,
+        }
+    }
+
+    /// Records an inbound message on the context and the message log. Returns whether it was
+    /// new (a redelivery after a crash is not answered twice).
+    async fn apply_inbound(&self, m: &InboundMessage) -> Result<bool, StoreError> {
+        if let InboundContent::Media(media) = &m.content {
+            self.download_media(media).await;
+        }
+        let max_turns = self.settings.transcript_max_turns;
+        let provider = self.provider;
+        let (_, fresh) = self
+            .contexts
+            .update(&m.customer, |ctx| {
+                let session = ctx.whatsapp.get_or_insert(WhatsAppSession {
+                    provider,
+                    wa_id: None,
+                    bsuid: None,
+                    business_number: None,
+                    last_inbound_at: None,
+                    window_closed_at: None,
+                });
+                session.provider = provider;
+                if m.wa_id.is_some() {
+                    session.wa_id.clone_from(&m.wa_id);
+                }
+                if m.bsuid.is_some() {
+                    session.bsuid.clone_from(&m.bsuid);
+                }
+                if m.business_number.is_some() {
+                    session.business_number.clone_from(&m.business_number);
+                }
+                if session.last_inbound_at.is_none_or(|t| t < m.received_at) {
+                    session.last_inbound_at = Some(m.received_at);
+                }
+                session.window_closed_at = None;
+                ctx.push_turn(
+                    Turn::new(
+                        Channel::Whatsapp,
+                        Role::Customer,
+                        m.content.transcript_text(),
+                        m.received_at,
+                    )
+                    .with_source_id(m.message_id.clone()),
+                    max_turns,
+                )
+            })
+            .await?;
+        self.log
+            .record(MessageRecord {
+                message_id: m.message_id.clone(),
+                customer: Some(m.customer.clone()),
+                direction: Direction::Inbound,
+                kind: m.content.kind().into(),
+                at: m.received_at,
+                status: None,
+                history: Vec::new(),
+                error_code: None,
+            })
+            .await?;
+        tracing::info!(customer = %m.customer, message_id = %m.message_id, kind = m.content.kind(), new = fresh, "whatsapp message received");
+        Ok(fresh)
+    }
+
+    async fn download_media(&self, media: &crate::domain::InboundMedia) {
+        let Some(acs) = &self.acs else {
+            return;
+        };
+        // Links expire quickly: fetch now; one more try covers a link not yet ready (401/404).
+        let mut result = acs.download_media(&media.media_id).await;
+        if result.is_err() {
+            result = acs.download_media(&media.media_id).await;
+        }
+        match result {
+            Ok(bytes) => {
+                if let Err(err) = self
+                    .media
+                    .put(&media.media_id, media.mime_type.as_deref(), bytes)
+                    .await
+                {
+                    tracing::warn!(media_id = %media.media_id, error = %err, "cannot store inbound media");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(media_id = %media.media_id, error = %err, "cannot download inbound media")
+            }
+        }
+    }
+
+    async fn apply_status(&self, update: StatusUpdate) -> Result<(), StoreError> {
+        let closes = update.closes_window();
+        let at = update.at;
+        let message_id = update.message_id.clone();
+        let status = update.status;
+        let reported_customer = update.customer.clone();
+        let Some(record) = self.log.apply_status(update).await? else {
+            return Ok(());
+        };
+        tracing::info!(message_id = %message_id, status = ?status, error_code = ?record.error_code, "whatsapp delivery status");
+        if closes && let Some(customer) = record.customer.or(reported_customer) {
+            self.contexts
+                .update(&customer, |ctx| {
+                    if let Some(s) = ctx.whatsapp.as_mut() {
+                        s.window_closed_at = Some(at);
+                    }
+                })
+                .await?;
+            tracing::warn!(customer = %customer, message_id = %message_id, "WhatsApp reports the service window closed (131047)");
+        }
+        Ok(())
+    }
+
+    /// One agent answer to a burst of messages, sent through the planner.
+    async fn answer(&self, messages: Vec<InboundMessage>) {
+        let Some(last) = messages.last() else {
+            return;
+        };
+        let customer = last.customer.clone();
+        let texts: Vec<&str> = messages
+            .iter()
+            .filter_map(|m| m.content.agent_text())
+            .collect();
+        let input = if texts.is_empty() {
+            AgentInput::Other {
+                description: messages
+                    .iter()
+                    .map(|m| m.content.describe())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        } else {
+            AgentInput::Text {
+                text: texts.join("\n"),
+            }
+        };
+        let context = match self.contexts.get(&customer).await {
+            Ok(Some(ctx)) => ctx,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(customer = %customer, error = %err, "cannot load the context to answer");
+                return;
+            }
+        };
+        let request = AgentRequest::new(context, Channel::Whatsapp, input);
+        let reply = match crate::agent::collect(self.agent.as_ref(), request).await {
+            Ok((text, _tools)) => text,
+            Err(err) => {
+                tracing::warn!(customer = %customer, error = %err, "agent failed to answer");
+                return;
+            }
+        };
+        if reply.trim().is_empty() {
+            return;
+        }
+        match self
+            .send(
+                &customer,
+                OutboundMessage::Text {
+                    text: reply.clone(),
+                },
+                Initiation::Reply,
+            )
+            .await
+        {
+            Ok(sent) => {
+                let source = sent.first().map(|s| s.message_id.clone());
+                let max_turns = self.settings.transcript_max_turns;
+                let result = self
+                    .contexts
+                    .update(&customer, |ctx| {
+                        let mut turn =
+                            Turn::new(Channel::Whatsapp, Role::Agent, reply.clone(), Utc::now());
+                        if let Some(id) = &source {
+                            turn = turn.with_source_id(id.clone());
+                        }
+                        ctx.push_turn(turn, max_turns)
+                    })
+                    .await;
+                if let Err(err) = result {
+                    tracing::warn!(customer = %customer, error = %err, "cannot record the agent's reply turn");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(customer = %customer, error = %err, "cannot send the agent's reply")
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Takes entries queued for `partition` while it keeps its task (during a burst wait).
+    fn take_more(&self, partition: &str) -> Vec<InboxEntry> {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        s.active
+            .get_mut(partition)
+            .map(|q| q.drain(..).collect())
+            .unwrap_or_default()
+    }
+}
