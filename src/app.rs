@@ -27,6 +27,7 @@ pub struct AppState {
     /// One pooled HTTP client for every outbound call (ACS, Meta, OpenAI, media downloads).
     pub http: reqwest::Client,
     pub agent: Arc<dyn Agent>,
+    pub voice: Arc<crate::voice::VoiceService>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,8 @@ pub enum StartupError {
     Serve(std::io::Error),
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(reqwest::Error),
+    #[error("cannot set up voice: {0}")]
+    Voice(String),
 }
 
 /// A built service, bound to its port, not yet serving.
@@ -71,11 +74,15 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let settings = Arc::new(settings);
+        let voice = crate::voice::build(settings.clone(), &stores, http.clone(), agent.clone())
+            .map_err(StartupError::Voice)?;
         let state = AppState {
-            settings: Arc::new(settings),
+            settings,
             stores,
             http,
             agent,
+            voice,
         };
         let app = Self {
             state,
@@ -210,6 +217,10 @@ pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Starts the workers every deployment runs.
 pub fn spawn_standard_workers(app: &App) {
+    let registry = app.state().voice.registry.clone();
+    app.spawn_worker("call-events", move |cancel| async move {
+        registry.run(cancel).await;
+    });
     let claims = app.state().stores.claims.clone();
     app.spawn_worker("maintenance", move |cancel| async move {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);

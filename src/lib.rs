@@ -18,3 +18,4 @@ pub mod http;
 pub mod identity;
 pub mod store;
 pub mod telemetry;
+pub mod voice;

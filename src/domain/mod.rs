@@ -5,7 +5,7 @@ mod context;
 mod customer_id;
 
 pub use context::{
-    Channel, ConsentRecord, CustomerContext, Role, Turn, Version, VoiceSession, VoiceSessionStatus,
-    WhatsAppProvider, WhatsAppSession,
+    Channel, ConsentRecord, CustomerContext, Role, Turn, TurnTimings, Version, VoiceSession,
+    VoiceSessionStatus, WhatsAppProvider, WhatsAppSession,
 };
 pub use customer_id::{CustomerId, CustomerIdError, CustomerIdKind, mask};

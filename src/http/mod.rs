@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod health;
+pub mod voice;
 
 use axum::Router;
 use axum::http::{HeaderName, Request, StatusCode};
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router {
     let timeout = state.settings.request_timeout;
     Router::new()
         .merge(health::router())
+        .merge(voice::router())
         .fallback(not_found)
         .with_state(state)
         .layer(
