@@ -48,6 +48,7 @@ enum Command {
 }
 
 struct SandboxCall {
+    media_url: String,
     commands: mpsc::UnboundedSender<Command>,
     cancel: watch::Sender<u64>,
 }
@@ -73,6 +74,16 @@ impl SandboxVoice {
     /// Everything recorded so far.
     pub fn actions(&self) -> Vec<VoiceAction> {
         self.actions.lock().expect("actions lock").clone()
+    }
+
+    /// The media WebSocket URL a call was answered with, so a local driver (a test, the demo)
+    /// can play ACS's side of the socket. Carries the call's secret: never log it.
+    pub fn media_url(&self, call_connection_id: &str) -> Option<String> {
+        self.calls
+            .lock()
+            .expect("calls lock")
+            .get(call_connection_id)
+            .map(|c| c.media_url.clone())
     }
 
     fn record(&self, action: VoiceAction) {
@@ -147,10 +158,14 @@ impl VoiceProvider for SandboxVoice {
         let call_connection_id = format!("sandbox-{}", uuid::Uuid::new_v4());
         let (commands, rx) = mpsc::unbounded_channel();
         let (cancel, cancel_rx) = watch::channel(0);
-        self.calls
-            .lock()
-            .expect("calls lock")
-            .insert(call_connection_id.clone(), SandboxCall { commands, cancel });
+        self.calls.lock().expect("calls lock").insert(
+            call_connection_id.clone(),
+            SandboxCall {
+                media_url: call.media_url.clone(),
+                commands,
+                cancel,
+            },
+        );
         self.record(VoiceAction::Answer {
             call_connection_id: call_connection_id.clone(),
         });

@@ -7,3 +7,4 @@
 mod serve;
 mod store_contract;
 mod support;
+mod voice;
