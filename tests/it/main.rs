@@ -8,3 +8,4 @@ mod serve;
 mod store_contract;
 mod support;
 mod voice;
+mod voice_registry;
