@@ -79,6 +79,18 @@ pub struct VoiceService {
     pub sandbox: Option<Arc<sandbox::SandboxVoice>>,
 }
 
+/// A public base URL as a WebSocket base: `wss` for `https`, `ws` for `http`.
+pub fn ws_base(base: &str) -> String {
+    let lower = base.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        format!("wss://{}", &base["https://".len()..])
+    } else if lower.starts_with("http://") {
+        format!("ws://{}", &base["http://".len()..])
+    } else {
+        base.to_owned()
+    }
+}
+
 /// Builds the voice service from settings: ACS Call Automation when ACS is configured, the
 /// sandbox otherwise; the call registry in Redis when configured, in-process otherwise.
 pub fn build(
@@ -124,16 +136,9 @@ pub fn build(
 }
 
 impl VoiceService {
-    /// `{PUBLIC_BASE_URL}` as a WebSocket base: `wss` for `https`, `ws` for `http`.
+    /// `{PUBLIC_BASE_URL}` as a WebSocket base.
     pub fn ws_base(&self) -> String {
-        let base = &self.settings.public_base_url;
-        if let Some(rest) = base.strip_prefix("https://") {
-            format!("wss://{rest}")
-        } else if let Some(rest) = base.strip_prefix("http://") {
-            format!("ws://{rest}")
-        } else {
-            base.clone()
-        }
+        ws_base(&self.settings.public_base_url)
     }
 
     /// `POST /api/v1/calls/incoming`: Event Grid deliveries of `IncomingCall`.
@@ -222,11 +227,13 @@ impl VoiceService {
             end_reason: None,
         };
         // Warm before answering (pitfall 11): load the caller's context (filling the shared
-        // cache the WebSocket replica reads) while the call record is written, so the greeting
-        // does not wait on cold storage. The record must exist before ACS can call back.
-        let (context, put) = tokio::join!(
+        // cache the WebSocket replica reads) and warm the agent while the call record is
+        // written, so the greeting does not wait on cold paths. The record must exist before
+        // ACS can call back.
+        let (context, put, ()) = tokio::join!(
             self.contexts.get(&call.caller),
-            self.registry.put(&token, &record)
+            self.registry.put(&token, &record),
+            self.agent.warm()
         );
         put?;
         if let Err(err) = context {
@@ -428,5 +435,20 @@ impl VoiceService {
             })
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ws_base;
+
+    #[test]
+    fn websocket_base_follows_the_public_scheme() {
+        assert_eq!(
+            ws_base("https://handoff.example.com"),
+            "wss://handoff.example.com"
+        );
+        assert_eq!(ws_base("http://127.0.0.1:8080"), "ws://127.0.0.1:8080");
+        assert_eq!(ws_base("HTTPS://x.example"), "wss://x.example");
     }
 }

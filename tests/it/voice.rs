@@ -575,3 +575,49 @@ async fn voice_sandbox_drives_a_call_locally() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn voice_client_retries_only_what_is_safe_to_repeat() {
+    let fake = FakeAcs::start().await;
+    let app = app_with(&fake, |_| {}).await;
+    // A transient failure of answer is retried with the same repeatability id: one call.
+    fake.fail_next(1);
+    let (call, _socket) = call_in(&app, &fake, "+14255550111").await;
+    let answers = fake.answers();
+    assert_eq!(answers.len(), 2, "the 503 was retried");
+    assert!(answers[0].repeatability_id.is_some());
+    assert_eq!(answers[0].repeatability_id, answers[1].repeatability_id);
+    let id = call.call_id.as_str();
+    wait_for_play(&fake, id, "How can I help you today?").await;
+
+    // Play is never retried: a repeat would speak twice.
+    let provider = app.state.voice.provider.clone();
+    let before = fake.plays_for(id).len();
+    fake.fail_next(1);
+    assert!(provider.play_text(id, "Once.", "t9:0").await.is_err());
+    assert_eq!(fake.plays_for(id).len(), before + 1);
+
+    // Terminate is repeatable; hang-up (DELETE) is idempotent and retried.
+    fake.fail_next(1);
+    provider.terminate(id).await.unwrap();
+    let terminates: Vec<_> = fake
+        .actions_for(id)
+        .into_iter()
+        .filter(|a| a.action() == "terminate")
+        .collect();
+    assert_eq!(terminates.len(), 2);
+    assert!(terminates[0].repeatability_id.is_some());
+    assert_eq!(
+        terminates[0].repeatability_id,
+        terminates[1].repeatability_id
+    );
+    fake.fail_next(1);
+    provider.hang_up(id).await.unwrap();
+    let hangups = fake
+        .actions_for(id)
+        .into_iter()
+        .filter(|a| a.action() == "hangup")
+        .count();
+    assert_eq!(hangups, 2);
+    assert_eq!(fake.bad_signatures(), 0);
+}

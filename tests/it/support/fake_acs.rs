@@ -58,6 +58,8 @@ struct Inner {
     /// call connection id → callback URI
     callbacks: Mutex<Vec<(String, String)>>,
     answered: Mutex<Vec<FakeCall>>,
+    /// How many of the next requests (after recording) answer 503.
+    fail_next: AtomicU64,
     auto_complete_plays: AtomicBool,
     http: reqwest::Client,
 }
@@ -96,6 +98,11 @@ impl FakeAcs {
     /// Whether plays complete by themselves (PlayStarted + PlayCompleted callbacks).
     pub fn auto_complete_plays(&self, on: bool) {
         self.inner.auto_complete_plays.store(on, Ordering::SeqCst);
+    }
+
+    /// The next `n` requests fail with 503 (after being recorded).
+    pub fn fail_next(&self, n: u64) {
+        self.inner.fail_next.store(n, Ordering::SeqCst);
     }
 
     pub fn recorded(&self) -> Vec<Recorded> {
@@ -284,6 +291,17 @@ async fn handle(
             .map(str::to_owned),
     };
     inner.recorded.lock().unwrap().push(recorded.clone());
+    if inner
+        .fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":{"code":"ServiceUnavailable","message":"try again"}}"#,
+        )
+            .into_response();
+    }
     let action = recorded.action().to_owned();
     match action.as_str() {
         "answer" => {
