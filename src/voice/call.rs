@@ -75,7 +75,8 @@ pub async fn serve_media_socket(
         close(socket, 1011, "call not answered").await;
         return;
     };
-    run_call(service, token, record, call_id, socket, SpeechOutput::Play).await;
+    let output = service.speech_output();
+    run_call(service, token, record, call_id, socket, output).await;
 }
 
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {

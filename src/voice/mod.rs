@@ -77,6 +77,8 @@ pub struct VoiceService {
     pub stats: Arc<VoiceStats>,
     /// The sandbox provider when it is the one in use, for reading its recorded actions.
     pub sandbox: Option<Arc<sandbox::SandboxVoice>>,
+    /// How sessions speak: Call Automation `:play` unless a text-to-speech port is set.
+    pub speech: std::sync::Mutex<call::SpeechOutput>,
 }
 
 /// A public base URL as a WebSocket base: `wss` for `https`, `ws` for `http`.
@@ -131,11 +133,22 @@ pub fn build(
         agent,
         stats: Arc::new(VoiceStats::default()),
         sandbox,
+        speech: std::sync::Mutex::new(call::SpeechOutput::Play),
         settings,
     }))
 }
 
 impl VoiceService {
+    /// Switches how new calls speak (outbound audio frames through a text-to-speech port, or
+    /// Call Automation `:play`). Calls already running keep theirs.
+    pub fn set_speech_output(&self, output: call::SpeechOutput) {
+        *self.speech.lock().expect("speech lock") = output;
+    }
+
+    pub fn speech_output(&self) -> call::SpeechOutput {
+        self.speech.lock().expect("speech lock").clone()
+    }
+
     /// `{PUBLIC_BASE_URL}` as a WebSocket base.
     pub fn ws_base(&self) -> String {
         ws_base(&self.settings.public_base_url)

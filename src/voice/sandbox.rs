@@ -125,7 +125,7 @@ async fn run_call(
                 },
             }]);
             if let Err(err) = http.post(&uri).json(&body).send().await {
-                tracing::debug!(error = %err, event, "sandbox callback not delivered");
+                tracing::debug!(error = %err.without_url(), event, "sandbox callback not delivered");
             }
         }
     };

@@ -621,3 +621,65 @@ async fn voice_client_retries_only_what_is_safe_to_repeat() {
     assert_eq!(hangups, 2);
     assert_eq!(fake.bad_signatures(), 0);
 }
+
+#[tokio::test]
+async fn voice_audio_barge_in_cancels_on_non_silent_audio_only() {
+    let fake = FakeAcs::start().await;
+    fake.auto_complete_plays(false);
+    let app = app_with(&fake, |s| {
+        s.voice.barge_in = handoff::config::BargeIn::Audio
+    })
+    .await;
+    let (call, mut socket) = call_in(&app, &fake, "+14255550112").await;
+    let id = call.call_id.as_str();
+    wait_for_play(&fake, id, "How can I help you today?").await;
+    let cancels = |f: &FakeAcs| {
+        f.actions_for(id)
+            .iter()
+            .filter(|a| a.action() == "cancelAllMediaOperations")
+            .count()
+    };
+    // Silence and transcription do not interrupt in audio mode; the caller's voice does.
+    socket.audio(true).await;
+    socket.intermediate("hm", 3).await;
+    socket.audio(false).await;
+    fake.wait_for("a cancel", |f| (cancels(f) > 0).then_some(()))
+        .await;
+    assert_eq!(cancels(&fake), 1);
+}
+
+#[tokio::test]
+async fn voice_outbound_audio_frames_and_stop_audio_on_barge_in() {
+    use handoff::voice::audio::TestSynthesizer;
+    use handoff::voice::call::SpeechOutput;
+    let fake = FakeAcs::start().await;
+    let app = app_with(&fake, |_| {}).await;
+    app.state
+        .voice
+        .set_speech_output(SpeechOutput::Frames(std::sync::Arc::new(TestSynthesizer {
+            ms_per_char: 40,
+        })));
+    let (call, mut socket) = call_in(&app, &fake, "+14255550113").await;
+    // The greeting arrives as 20 ms PCM frames on the socket, not as :play requests.
+    for _ in 0..3 {
+        let frame = socket.next_text().await.expect("an audio frame");
+        assert_eq!(frame["Kind"], "AudioData");
+        assert_eq!(frame["AudioData"]["Data"].as_str().unwrap().len(), 856);
+        assert!(frame["StopAudio"].is_null());
+    }
+    socket.intermediate("excuse me", 3).await;
+    loop {
+        let frame = socket
+            .next_text()
+            .await
+            .expect("StopAudio before the socket closes");
+        if frame["Kind"] == "StopAudio" {
+            assert!(frame["AudioData"].is_null());
+            break;
+        }
+    }
+    assert!(
+        plays(&fake, &call.call_id).is_empty(),
+        "nothing went through :play"
+    );
+}

@@ -57,6 +57,18 @@ impl AcsSocket {
         self.send_raw(&json!({"kind":"AudioData","audioData":{"data":data,"timestamp":"2026-01-01T00:00:00Z","silent":silent}}).to_string()).await;
     }
 
+    /// The next text frame the engine sent (outbound audio, StopAudio); `None` once closed.
+    pub async fn next_text(&mut self) -> Option<serde_json::Value> {
+        while let Some(message) = self.ws.next().await {
+            match message {
+                Ok(Message::Text(text)) => return serde_json::from_str(text.as_str()).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+        None
+    }
+
     /// The close code the server sent, if it closed the socket.
     pub async fn close_code(&mut self) -> Option<u16> {
         while let Some(message) = self.ws.next().await {
