@@ -35,6 +35,7 @@ pub struct AppState {
     pub http: reqwest::Client,
     pub agent: Arc<dyn Agent>,
     pub whatsapp: Arc<crate::whatsapp::WhatsApp>,
+    pub voice: Arc<crate::voice::VoiceService>,
 }
 
 /// Replaces the inbox port with a wrapper around it.
@@ -61,6 +62,8 @@ pub enum StartupError {
     HttpClient(reqwest::Error),
     #[error("cannot set up ACS: {0}")]
     Acs(#[from] crate::acs::AcsError),
+    #[error("cannot set up voice: {0}")]
+    Voice(String),
 }
 
 /// A built service, bound to its port, not yet serving.
@@ -97,12 +100,15 @@ impl App {
             .map_err(|source| StartupError::Bind { addr, source })?;
         let settings = Arc::new(settings);
         let whatsapp = build_whatsapp(&settings, &stores, &http, agent.clone(), hooks).await?;
+        let voice = crate::voice::build(settings.clone(), &stores, http.clone(), agent.clone())
+            .map_err(StartupError::Voice)?;
         let state = AppState {
             settings,
             stores,
             http,
             agent,
             whatsapp,
+            voice,
         };
         let app = Self {
             state,
@@ -282,6 +288,10 @@ pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// Starts the workers every deployment runs.
 pub fn spawn_standard_workers(app: &App) {
     crate::whatsapp::spawn_workers(app, app.state().whatsapp.clone());
+    let registry = app.state().voice.registry.clone();
+    app.spawn_worker("call-events", move |cancel| async move {
+        registry.run(cancel).await;
+    });
     let claims = app.state().stores.claims.clone();
     app.spawn_worker("maintenance", move |cancel| async move {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);

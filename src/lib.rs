@@ -20,4 +20,5 @@ pub mod http;
 pub mod identity;
 pub mod store;
 pub mod telemetry;
+pub mod voice;
 pub mod whatsapp;

@@ -92,6 +92,10 @@ pub enum AgentError {
 pub trait Agent: Send + Sync + 'static {
     /// Streams the reply to `request`. The stream ends when the reply is complete.
     fn respond(&self, request: AgentRequest) -> BoxStream<'static, Result<AgentEvent, AgentError>>;
+
+    /// Prepares for a conversation that is about to start (open connections, load prompts), so
+    /// the first reply is not slowed by cold paths. Called before a call is answered.
+    async fn warm(&self) {}
 }
 
 /// Collects a whole reply: its text and its tool calls.

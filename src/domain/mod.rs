@@ -4,15 +4,15 @@
 mod business_hours;
 mod context;
 mod customer_id;
+mod handoff;
 pub mod message;
 pub mod outbound;
 pub mod template;
-mod handoff;
 
 pub use business_hours::{BusinessHours, BusinessHoursError};
 pub use context::{
-    Channel, ConsentRecord, CustomerContext, Role, Turn, Version, VoiceSession, VoiceSessionStatus,
-    WhatsAppProvider, WhatsAppSession,
+    Channel, ConsentRecord, CustomerContext, Role, Turn, TurnTimings, Version, VoiceSession,
+    VoiceSessionStatus, WhatsAppProvider, WhatsAppSession,
 };
 pub use customer_id::{CustomerId, CustomerIdError, CustomerIdKind, mask};
 pub use handoff::{

@@ -16,6 +16,7 @@
 //! If the send is refused (window, template, opt-out, provider error after retries) the handoff
 //! fails with the reason and the caller stays on the line.
 
+pub mod adapters;
 pub mod tools;
 pub mod wait_time;
 

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod error;
 pub mod health;
+pub mod voice;
 pub mod whatsapp;
 
 use axum::Router;
@@ -26,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(admin::router(state.clone()))
         .merge(whatsapp::router(state.settings.webhooks.max_body_bytes))
+        .merge(voice::router())
         .fallback(not_found)
         .with_state(state)
         .layer(

@@ -11,5 +11,7 @@ mod infra_contract;
 mod serve;
 mod store_contract;
 mod support;
+mod voice;
+mod voice_registry;
 mod whatsapp;
 mod whatsapp_outbound;
