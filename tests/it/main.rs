@@ -4,6 +4,7 @@
 //! Cosmos DB-compatible server started per test (see `support::services`); remote HTTP APIs are
 //! faked at the wire. Run everything with `scripts/test`, which installs those servers.
 
+mod openai;
 mod serve;
 mod store_contract;
 mod support;
