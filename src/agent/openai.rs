@@ -65,12 +65,14 @@ pub enum OpenAiSetupError {
     Identity(String),
 }
 
+/// The two ports an OpenAI backend provides.
+pub type ModelPorts = (Arc<dyn Agent>, Arc<dyn Summariser>);
+
 /// Builds the agent and summariser for an OpenAI backend; `None` for the scripted agent.
-#[allow(clippy::type_complexity)]
 pub fn from_settings(
     settings: &AgentSettings,
     http: reqwest::Client,
-) -> Result<Option<(Arc<dyn Agent>, Arc<dyn Summariser>)>, OpenAiSetupError> {
+) -> Result<Option<ModelPorts>, OpenAiSetupError> {
     let backend = match &settings.backend {
         AgentBackend::Scripted => return Ok(None),
         AgentBackend::AzureOpenAi {

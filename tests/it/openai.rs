@@ -451,12 +451,18 @@ async fn a_second_round_carries_the_tool_calls_and_their_results_with_matching_i
 }
 
 #[tokio::test]
-async fn a_429_is_retried_after_its_retry_after_and_then_succeeds_once() {
+async fn a_429_is_retried_after_its_retry_after_and_then_succeeds_once_without_repeats() {
     let (fake, base) = Fake::start(vec![
         Reply::Status {
             status: 429,
             headers: vec![("retry-after", "0")],
             body: json!({"error": {"message": "Rate limit reached", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
+        },
+        // A 429 whose body is not an error object (async-openai cannot read its status).
+        Reply::Status {
+            status: 429,
+            headers: vec![("retry-after-ms", "10")],
+            body: json!("Too Many Requests"),
         },
         text_reply(&["Hello ", "there."]),
     ])
@@ -480,7 +486,7 @@ async fn a_429_is_retried_after_its_retry_after_and_then_succeeds_once() {
             AgentEvent::Text("there.".into())
         ]
     );
-    assert_eq!(fake.seen().len(), 2);
+    assert_eq!(fake.seen().len(), 3);
 }
 
 #[tokio::test]
@@ -502,6 +508,30 @@ async fn server_errors_are_retried_up_to_the_attempt_limit_then_unavailable() {
         "{result:?}"
     );
     assert_eq!(fake.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn a_server_that_refuses_connections_is_unavailable_after_the_attempts() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let agent = agent(
+        compatible(&format!("http://127.0.0.1:{port}")),
+        Duration::from_secs(10),
+        2,
+    );
+    let result = within(collect(
+        agent.as_ref(),
+        AgentRequest::new(context(), Channel::Voice, said("hello")),
+    ))
+    .await;
+    match result {
+        Err(AgentError::Unavailable(message)) => {
+            assert!(message.contains("cannot connect"), "{message}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
 }
 
 #[tokio::test]
