@@ -2,11 +2,14 @@
 //! text and any tool calls. Both channels use it: the voice session speaks the text as it
 //! streams (sentence by sentence); the WhatsApp worker sends it as messages.
 //!
-//! Adapters: [`basic::BasicAgent`] (a minimal offline responder). The scripted and OpenAI
-//! agents plug in behind the same trait.
+//! Adapters: [`basic::BasicAgent`] (a minimal offline responder), [`scripted::ScriptedAgent`]
+//! (the offline default) and [`openai::OpenAiAgent`] (Azure OpenAI or any OpenAI-compatible
+//! server), whose prompts live in [`prompts`].
 
 pub mod basic;
 pub mod engine;
+pub mod openai;
+pub mod prompts;
 pub mod scripted;
 pub mod summary;
 pub mod tools;

@@ -8,6 +8,7 @@ mod admin;
 mod cosmos;
 mod handoff_store;
 mod infra_contract;
+mod openai;
 mod serve;
 mod store_contract;
 mod support;
