@@ -12,8 +12,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::acs::AcsClient;
 use crate::agent::Agent;
-use crate::agent::basic::BasicAgent;
+use crate::agent::scripted::ScriptedAgent;
+use crate::agent::summary::{ExtractiveSummariser, Summariser};
 use crate::config::Settings;
+use crate::handoff::adapters::ProviderCallControl;
+use crate::handoff::tools::ToolServices;
+use crate::handoff::wait_time::{FixedWait, HttpWait, WaitTimeSource};
+use crate::handoff::{HandoffService, SUMMARY_MAX_CHARS};
 use crate::store::cached::CachedContextStore;
 use crate::store::cosmos::CosmosStore;
 use crate::store::embedded::EmbeddedDb;
@@ -36,6 +41,7 @@ pub struct AppState {
     pub agent: Arc<dyn Agent>,
     pub whatsapp: Arc<crate::whatsapp::WhatsApp>,
     pub voice: Arc<crate::voice::VoiceService>,
+    pub handoff: Arc<HandoffService>,
 }
 
 /// Replaces the inbox port with a wrapper around it.
@@ -45,6 +51,8 @@ pub type WrapInbox = Box<dyn FnOnce(Arc<dyn Inbox>) -> Arc<dyn Inbox> + Send>;
 #[derive(Default)]
 pub struct Hooks {
     pub wrap_inbox: Option<WrapInbox>,
+    /// Replaces the configured agent (e.g. the echoing `BasicAgent` for channel mechanics).
+    pub agent: Option<Arc<dyn Agent>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +66,8 @@ pub enum StartupError {
     },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("cannot set up the agent: {0}")]
+    Agent(String),
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(reqwest::Error),
     #[error("cannot set up ACS: {0}")]
@@ -79,7 +89,7 @@ impl App {
         Self::build_with(settings, Hooks::default()).await
     }
 
-    pub async fn build_with(settings: Settings, hooks: Hooks) -> Result<Self, StartupError> {
+    pub async fn build_with(settings: Settings, mut hooks: Hooks) -> Result<Self, StartupError> {
         let stores = build_stores(&settings)?;
         crate::telemetry::metrics();
         if settings.webhooks.event_grid_secret.is_none() {
@@ -93,7 +103,7 @@ impl App {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(StartupError::HttpClient)?;
-        let agent: Arc<dyn Agent> = Arc::new(BasicAgent);
+        let (agent, summariser) = build_agent(&settings, &http, hooks.agent.take())?;
         let addr = SocketAddr::new(settings.host, settings.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -102,6 +112,27 @@ impl App {
         let whatsapp = build_whatsapp(&settings, &stores, &http, agent.clone(), hooks).await?;
         let voice = crate::voice::build(settings.clone(), &stores, http.clone(), agent.clone())
             .map_err(StartupError::Voice)?;
+        let handoff = Arc::new(HandoffService::new(
+            stores.handoffs.clone(),
+            stores.contexts.clone(),
+            stores.claims.clone(),
+            summariser,
+            whatsapp.clone(),
+            Arc::new(ProviderCallControl(voice.provider.clone())),
+            settings.handoff.clone(),
+        ));
+        let wait: Arc<dyn WaitTimeSource> = match &settings.handoff.queue_wait_url {
+            Some(url) => Arc::new(HttpWait::new(http.clone(), url.clone())),
+            None => Arc::new(FixedWait(settings.handoff.queue_wait_seconds)),
+        };
+        let tools = ToolServices {
+            contexts: stores.contexts.clone(),
+            wait,
+            handoff: handoff.clone(),
+            settings: Arc::new(settings.handoff.clone()),
+        };
+        let _ = voice.tools.set(tools.clone());
+        whatsapp.set_tools(tools);
         let state = AppState {
             settings,
             stores,
@@ -109,6 +140,7 @@ impl App {
             agent,
             whatsapp,
             voice,
+            handoff,
         };
         let app = Self {
             state,
@@ -285,12 +317,50 @@ async fn build_whatsapp(
 /// How often expired embedded claims are purged.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The agent and summariser: a model when one is configured, the scripted agent otherwise.
+fn build_agent(
+    settings: &Settings,
+    http: &reqwest::Client,
+    replacement: Option<Arc<dyn Agent>>,
+) -> Result<(Arc<dyn Agent>, Arc<dyn Summariser>), StartupError> {
+    let model = crate::agent::openai::from_settings(&settings.agent, http.clone())
+        .map_err(|e| StartupError::Agent(e.to_string()))?;
+    let (agent, summariser): (Arc<dyn Agent>, Arc<dyn Summariser>) = match model {
+        Some(ports) => ports,
+        None => (
+            Arc::new(ScriptedAgent),
+            Arc::new(ExtractiveSummariser::new(SUMMARY_MAX_CHARS)),
+        ),
+    };
+    Ok((replacement.unwrap_or(agent), summariser))
+}
+
+/// How often the recovery worker looks for sagas a crashed replica left unfinished, and how
+/// long a saga must have been idle before it is taken over.
+pub const RECOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Starts the workers every deployment runs.
 pub fn spawn_standard_workers(app: &App) {
     crate::whatsapp::spawn_workers(app, app.state().whatsapp.clone());
     let registry = app.state().voice.registry.clone();
     app.spawn_worker("call-events", move |cancel| async move {
         registry.run(cancel).await;
+    });
+    let handoff = app.state().handoff.clone();
+    let idle = app.state().settings.handoff.goodbye_timeout * 2;
+    app.spawn_worker("handoff-recovery", move |cancel| async move {
+        let mut tick = tokio::time::interval(RECOVERY_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => match handoff.recover(idle).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(sagas = n, "resumed unfinished handoffs"),
+                    Err(err) => tracing::warn!(error = %err, "handoff recovery failed"),
+                },
+            }
+        }
     });
     let claims = app.state().stores.claims.clone();
     app.spawn_worker("maintenance", move |cancel| async move {

@@ -13,11 +13,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Initiation, WhatsApp};
-use crate::agent::{AgentInput, AgentRequest};
+use crate::agent::engine::{ToolHost, ToolOutcome, run_turn};
+use crate::agent::tools::ToolRequest;
+use crate::agent::{AgentInput, AgentRequest, ToolCall};
+use crate::domain::DeliveryStatus;
 use crate::domain::{
     Channel, Direction, InboundContent, InboundMessage, MessageRecord, OutboundMessage, Role,
     StatusUpdate, Turn, WhatsAppSession,
 };
+use crate::handoff::tools::ConversationTools;
 use crate::store::StoreError;
 use crate::store::inbox::{InboxEntry, InboxEvent, NewEntry};
 
@@ -351,6 +355,11 @@ impl WhatsApp {
                     session.last_inbound_at = Some(m.received_at);
                 }
                 session.window_closed_at = None;
+                match opt_keyword(&m.content) {
+                    Some(OptKeyword::Stop) => ctx.opted_out = true,
+                    Some(OptKeyword::Start) => ctx.opted_out = false,
+                    None => {}
+                }
                 ctx.push_turn(
                     Turn::new(
                         Channel::Whatsapp,
@@ -376,6 +385,17 @@ impl WhatsApp {
             })
             .await?;
         tracing::info!(customer = %m.customer, message_id = %m.message_id, kind = m.content.kind(), new = fresh, "whatsapp message received");
+        if fresh && let Some(tools) = self.tools() {
+            // The first message after a handoff resumes it: by the quick-reply payload (the
+            // handoff id) when there is one, by customer otherwise.
+            let payload = match &m.content {
+                InboundContent::ButtonTap { payload, .. } => Some(payload.as_str()),
+                _ => None,
+            };
+            if let Err(err) = tools.handoff.on_customer_reply(&m.customer, payload).await {
+                tracing::warn!(customer = %m.customer, error = %err, "cannot record the handoff as resumed");
+            }
+        }
         Ok(fresh)
     }
 
@@ -414,6 +434,25 @@ impl WhatsApp {
             return Ok(());
         };
         tracing::info!(message_id = %message_id, status = ?status, error_code = ?record.error_code, "whatsapp delivery status");
+        if let (Some(tools), Some(customer)) = (
+            self.tools(),
+            record.customer.as_ref().or(reported_customer.as_ref()),
+        ) {
+            let delivery = match record.status {
+                Some(DeliveryStatus::Delivered) => Some(crate::handoff::Delivery::Delivered),
+                Some(DeliveryStatus::Read) => Some(crate::handoff::Delivery::Read),
+                Some(DeliveryStatus::Failed) => Some(crate::handoff::Delivery::Failed {
+                    code: record.error_code.clone(),
+                }),
+                _ => None,
+            };
+            if let Some(delivery) = delivery
+                && let Some(h) = tools.handoff.by_message_id(customer, &message_id).await?
+                && let Err(err) = tools.handoff.on_delivery(&h.id, delivery).await
+            {
+                tracing::warn!(handoff_id = %h.id, error = %err, "cannot apply the delivery status to the handoff");
+            }
+        }
         if closes && let Some(customer) = record.customer.or(reported_customer) {
             self.contexts
                 .update(&customer, |ctx| {
@@ -458,12 +497,30 @@ impl WhatsApp {
                 return;
             }
         };
-        let request = AgentRequest::new(context, Channel::Whatsapp, input);
-        let reply = match crate::agent::collect(self.agent.as_ref(), request).await {
-            Ok((text, _tools)) => text,
-            Err(err) => {
-                tracing::warn!(customer = %customer, error = %err, "agent failed to answer");
-                return;
+        let reply = match messages.last().and_then(|m| opt_keyword(&m.content)) {
+            Some(OptKeyword::Stop) => OPTED_OUT_REPLY.to_owned(),
+            Some(OptKeyword::Start) => OPTED_IN_REPLY.to_owned(),
+            None => {
+                let request = AgentRequest::new(context, Channel::Whatsapp, input);
+                let turn = match self.tools() {
+                    Some(services) => {
+                        let tools = ConversationTools::new(
+                            services.clone(),
+                            Channel::Whatsapp,
+                            customer.clone(),
+                            None,
+                        );
+                        run_turn(self.agent.as_ref(), &tools, request, &mut |_| {}).await
+                    }
+                    None => run_turn(self.agent.as_ref(), &NoTools, request, &mut |_| {}).await,
+                };
+                match turn {
+                    Ok(outcome) => outcome.text,
+                    Err(err) => {
+                        tracing::warn!(customer = %customer, error = %err, "agent failed to answer");
+                        return;
+                    }
+                }
             }
         };
         if reply.trim().is_empty() {
@@ -512,5 +569,69 @@ impl Dispatcher {
             .get_mut(partition)
             .map(|q| q.drain(..).collect())
             .unwrap_or_default()
+    }
+}
+
+/// What a customer says to stop (or restart) business messages on WhatsApp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OptKeyword {
+    Stop,
+    Start,
+}
+
+const OPTED_OUT_REPLY: &str =
+    "You won't receive further messages from us here. Reply START if you change your mind.";
+const OPTED_IN_REPLY: &str = "Welcome back. We'll message you here again.";
+
+/// A message that is exactly an opt-out or opt-in keyword (case, spaces and punctuation aside).
+fn opt_keyword(content: &InboundContent) -> Option<OptKeyword> {
+    let text = match content {
+        InboundContent::Text { text } => text,
+        InboundContent::ButtonTap { text, .. } => text,
+        _ => return None,
+    };
+    let word: String = text
+        .trim()
+        .trim_matches(|c: char| !c.is_alphanumeric())
+        .to_ascii_uppercase();
+    match word.as_str() {
+        "STOP" | "UNSUBSCRIBE" | "STOP ALL" | "OPT OUT" | "OPTOUT" | "CANCEL" => {
+            Some(OptKeyword::Stop)
+        }
+        "START" | "SUBSCRIBE" | "UNSTOP" | "OPT IN" => Some(OptKeyword::Start),
+        _ => None,
+    }
+}
+
+/// Without the saga wired (never in the app; only if the worker runs alone), tools answer
+/// that they are unavailable.
+struct NoTools;
+
+#[async_trait::async_trait]
+impl ToolHost for NoTools {
+    async fn run(&self, _request: ToolRequest, _call: &ToolCall) -> ToolOutcome {
+        ToolOutcome::output(serde_json::json!({"error": "tools are not available"}))
+    }
+}
+
+#[cfg(test)]
+mod opt_tests {
+    use super::*;
+
+    #[test]
+    fn stop_and_start_are_recognised_only_on_their_own() {
+        let text = |t: &str| InboundContent::Text { text: t.into() };
+        assert_eq!(opt_keyword(&text("STOP")), Some(OptKeyword::Stop));
+        assert_eq!(opt_keyword(&text(" stop. ")), Some(OptKeyword::Stop));
+        assert_eq!(opt_keyword(&text("Unsubscribe")), Some(OptKeyword::Stop));
+        assert_eq!(opt_keyword(&text("start")), Some(OptKeyword::Start));
+        assert_eq!(opt_keyword(&text("please don't stop the crew")), None);
+        assert_eq!(
+            opt_keyword(&InboundContent::Reaction {
+                message_id: "m".into(),
+                emoji: "🛑".into()
+            }),
+            None
+        );
     }
 }

@@ -17,7 +17,7 @@ const GRID_SECRET: &str = "grid-secret";
 async fn app_with(fake: &FakeAcs, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let port = free_port();
     let endpoint = fake.endpoint();
-    TestApp::spawn_with(move |s| {
+    TestApp::spawn_echo(move |s| {
         s.port = port;
         s.public_base_url = format!("http://127.0.0.1:{port}");
         s.acs = Some(AcsSettings {
@@ -520,7 +520,7 @@ async fn voice_fifty_concurrent_calls_each_get_their_own_replies() {
 #[tokio::test]
 async fn voice_sandbox_drives_a_call_locally() {
     let port = free_port();
-    let app = TestApp::spawn_with(|s| {
+    let app = TestApp::spawn_echo(|s| {
         s.port = port;
         s.public_base_url = format!("http://127.0.0.1:{port}");
     })

@@ -106,7 +106,7 @@ async fn voice_callbacks_reach_the_replica_holding_the_socket() {
     let spawn = |port: u16| {
         let endpoint = fake.endpoint();
         let url = redis.url();
-        TestApp::spawn_with(move |s| {
+        TestApp::spawn_echo(move |s| {
             s.port = port;
             s.public_base_url = format!("http://127.0.0.1:{port}");
             s.redis_url = Some(Secret::new(url));
