@@ -322,10 +322,10 @@ fn build_agent(
     settings: &Settings,
     http: &reqwest::Client,
     replacement: Option<Arc<dyn Agent>>,
-) -> Result<(Arc<dyn Agent>, Arc<dyn Summariser>), StartupError> {
+) -> Result<crate::agent::openai::ModelPorts, StartupError> {
     let model = crate::agent::openai::from_settings(&settings.agent, http.clone())
         .map_err(|e| StartupError::Agent(e.to_string()))?;
-    let (agent, summariser): (Arc<dyn Agent>, Arc<dyn Summariser>) = match model {
+    let (agent, summariser): crate::agent::openai::ModelPorts = match model {
         Some(ports) => ports,
         None => (
             Arc::new(ScriptedAgent),
