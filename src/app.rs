@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::acs::AcsClient;
 use crate::agent::Agent;
 use crate::agent::scripted::ScriptedAgent;
-use crate::agent::summary::{ExtractiveSummariser, Summariser};
+use crate::agent::summary::ExtractiveSummariser;
 use crate::config::Settings;
 use crate::handoff::adapters::ProviderCallControl;
 use crate::handoff::tools::ToolServices;
