@@ -15,7 +15,7 @@ use crate::agent::Agent;
 use crate::agent::scripted::ScriptedAgent;
 use crate::agent::summary::ExtractiveSummariser;
 use crate::config::Settings;
-use crate::handoff::adapters::ProviderCallControl;
+use crate::handoff::adapters::{ProviderCallControl, WhatsAppContinuation};
 use crate::handoff::tools::ToolServices;
 use crate::handoff::wait_time::{FixedWait, HttpWait, WaitTimeSource};
 use crate::handoff::{HandoffService, SUMMARY_MAX_CHARS};
@@ -117,7 +117,7 @@ impl App {
             stores.contexts.clone(),
             stores.claims.clone(),
             summariser,
-            whatsapp.clone(),
+            Arc::new(WhatsAppContinuation(Arc::downgrade(&whatsapp))),
             Arc::new(ProviderCallControl(voice.provider.clone())),
             settings.handoff.clone(),
         ));

@@ -1,7 +1,7 @@
 //! The saga's two ports, implemented by the channels: WhatsApp sends the continuation template,
 //! the voice provider hangs up.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 
@@ -9,13 +9,22 @@ use super::{CallControl, ContinuationRequest, ContinuationSender, SendRefusal};
 use crate::voice::client::{VoiceError, VoiceProvider};
 use crate::whatsapp::{SendError, SenderError, WhatsApp};
 
+/// Sends the continuation template through the WhatsApp service. Holds it weakly: the service
+/// holds the saga (through its tools), and a strong reference back would keep both, and the
+/// store under them, alive forever.
+pub struct WhatsAppContinuation(pub Weak<WhatsApp>);
+
 #[async_trait]
-impl ContinuationSender for WhatsApp {
+impl ContinuationSender for WhatsAppContinuation {
     async fn send_continuation(
         &self,
         request: &ContinuationRequest,
     ) -> Result<String, SendRefusal> {
-        let sent = self
+        let whatsapp = self
+            .0
+            .upgrade()
+            .ok_or_else(|| SendRefusal::Unavailable("the service is shutting down".into()))?;
+        let sent = whatsapp
             .send_template(
                 &request.customer,
                 &request.template,

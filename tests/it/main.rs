@@ -7,6 +7,7 @@
 mod admin;
 mod cosmos;
 mod handoff_store;
+mod handoff_story;
 mod infra_contract;
 mod openai;
 mod serve;

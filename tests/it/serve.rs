@@ -147,3 +147,18 @@ async fn unknown_routes_get_our_json_error() {
     assert_eq!(body["error"]["code"], "not_found");
     app.stop().await;
 }
+
+/// A stopped app lets go of its store: the same data directory opens again at once (no
+/// reference cycle or stray task keeps it).
+#[tokio::test]
+async fn a_stopped_app_releases_its_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = handoff::config::Settings::embedded(dir.path());
+    settings.host = "127.0.0.1".parse().unwrap();
+    settings.port = 0;
+    let app = TestApp::start(settings).await;
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    app.stop().await;
+    handoff::store::embedded::EmbeddedStore::open(dir.path()).expect("released");
+}

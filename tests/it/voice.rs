@@ -31,7 +31,7 @@ async fn app_with(fake: &FakeAcs, tweak: impl FnOnce(&mut Settings)) -> TestApp 
     .await
 }
 
-fn incoming_event(event_id: &str, correlation: &str, phone: &str) -> Value {
+pub fn incoming_event(event_id: &str, correlation: &str, phone: &str) -> Value {
     json!([{
         "id": event_id,
         "topic": "/subscriptions/x/resourcegroups/rg/providers/microsoft.communication/communicationservices/acs",
@@ -49,7 +49,7 @@ fn incoming_event(event_id: &str, correlation: &str, phone: &str) -> Value {
     }])
 }
 
-async fn ring(app: &TestApp, event: &Value) -> u16 {
+pub async fn ring(app: &TestApp, event: &Value) -> u16 {
     app.http
         .post(app.url(&format!("/api/v1/calls/incoming?code={GRID_SECRET}")))
         .json(event)
@@ -89,7 +89,7 @@ async fn wait_for_play(fake: &FakeAcs, call_id: &str, text: &str) {
     .await;
 }
 
-async fn wait_context(
+pub async fn wait_context(
     app: &TestApp,
     phone: &str,
     what: &str,
