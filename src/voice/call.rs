@@ -12,6 +12,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::VoiceService;
 use super::audio::{AudioCommand, RealTime, TextToSpeech, run_audio_out};
@@ -176,7 +177,10 @@ pub async fn run_call(
     });
 
     let driver = Driver::new(service.clone(), record, call_id.clone(), output, ws_tx);
-    driver.run(frame_rx, &mut attachment.events).await;
+    driver
+        .run(frame_rx, &mut attachment.events)
+        .instrument(span)
+        .await;
     drop(attachment);
     reader.abort();
     let _ = writer.await;

@@ -683,3 +683,45 @@ async fn voice_outbound_audio_frames_and_stop_audio_on_barge_in() {
         "nothing went through :play"
     );
 }
+
+#[tokio::test]
+async fn voice_close_call_hangs_up_after_the_goodbye_completes() {
+    let fake = FakeAcs::start().await;
+    fake.auto_complete_plays(false);
+    let app = app_with(&fake, |_| {}).await;
+    let phone = "+14255550114";
+    let (call, _socket) = call_in(&app, &fake, phone).await;
+    let id = call.call_id.as_str();
+    app.state
+        .voice
+        .close_call(
+            id,
+            "You will get a WhatsApp message now. Goodbye.",
+            "handoff",
+        )
+        .await;
+    let goodbye = fake
+        .wait_for("the goodbye", |f| {
+            f.plays_for(id)
+                .into_iter()
+                .find(|p| p.operation_context() == Some("close:handoff"))
+        })
+        .await;
+    assert_eq!(
+        goodbye.play_text(),
+        Some("You will get a WhatsApp message now. Goodbye.")
+    );
+    let hung_up = |f: &FakeAcs| f.actions_for(id).iter().any(|a| a.action() == "hangup");
+    assert!(!hung_up(&fake), "not before the goodbye was played");
+    fake.callback(
+        id,
+        "PlayCompleted",
+        json!({"operationContext": "close:handoff"}),
+    )
+    .await;
+    fake.wait_for("hang-up", |f| hung_up(f).then_some(())).await;
+    wait_context(&app, phone, "ended", |c| {
+        c.voice_sessions[0].status == VoiceSessionStatus::Ended
+    })
+    .await;
+}
