@@ -274,7 +274,10 @@ impl Driver {
         let format = AudioFormat::from_setting(&service.settings.voice.audio_format);
         let context = CustomerContext::new(record.customer_id.clone(), chrono::Utc::now());
         Self {
-            conversation: Conversation::new(call_id.clone()),
+            conversation: Conversation::with_session(
+                call_id.clone(),
+                uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            ),
             service,
             call_id,
             context,
@@ -309,8 +312,21 @@ impl Driver {
         if let SpeechOutput::Frames(tts) = self.output.clone() {
             self.start_audio(tts);
         }
-        let effects = self.conversation.start(Instant::now().into_std());
-        self.apply(effects).await;
+        // A reconnected socket of a call already under way does not greet again.
+        let prefix = format!("{}:", self.call_id);
+        let resumed = self.context.transcript.iter().any(|t| {
+            t.channel == Channel::Voice
+                && t.source_id
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with(&prefix))
+        });
+        if resumed {
+            tracing::info!(call_connection_id = %self.call_id, "media socket reconnected; resuming");
+            self.conversation.resume();
+        } else {
+            let effects = self.conversation.start(Instant::now().into_std());
+            self.apply(effects).await;
+        }
         let silence = self.service.settings.voice.silence_timeout;
         let barge_in = self.service.settings.voice.barge_in;
         let mut frames_open = true;

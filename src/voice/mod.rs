@@ -364,6 +364,15 @@ impl VoiceService {
             tracing::warn!(event_id = %event.id, "callback without a call connection id ignored");
             return Ok(());
         };
+        if record
+            .call_connection_id
+            .as_deref()
+            .is_some_and(|known| known != call_id)
+        {
+            // A token is good for its own call only.
+            tracing::warn!(event_id = %event.id, "callback for another call ignored");
+            return Ok(());
+        }
         let customer = record.customer_id.clone();
         let closing_op = event
             .operation_context

@@ -725,3 +725,42 @@ async fn voice_close_call_hangs_up_after_the_goodbye_completes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn voice_reconnected_media_socket_resumes_without_a_second_greeting() {
+    let fake = FakeAcs::start().await;
+    let app = app_with(&fake, |_| {}).await;
+    let phone = "+14255550115";
+    let (call, socket) = call_in(&app, &fake, phone).await;
+    let id = call.call_id.as_str();
+    wait_context(&app, phone, "the greeting", |c| c.transcript.len() == 1).await;
+    socket.close().await;
+    let mut socket = AcsSocket::connect(&call.media_url).await;
+    socket.final_text("back again", 77).await;
+    let ctx = wait_context(&app, phone, "the reply", |c| c.transcript.len() == 3).await;
+    assert_eq!(
+        ctx.transcript[2].text,
+        "You said: back again. Let me look into that."
+    );
+    assert_eq!(
+        plays(&fake, id).iter().filter(|p| *p == "Hello.").count(),
+        1
+    );
+
+    // Another call's events cannot be posted with this call's token.
+    let uri = fake.callback_uri(id).unwrap();
+    let foreign = json!([{"id":"f1","type":"Microsoft.Communication.CallDisconnected","specversion":"1.0",
+        "data":{"callConnectionId":"someone-else"}}]);
+    assert_eq!(
+        app.http
+            .post(&uri)
+            .json(&foreign)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ctx = wait_context(&app, phone, "still live", |_| true).await;
+    assert_eq!(ctx.voice_sessions[0].status, VoiceSessionStatus::Connected);
+}
