@@ -417,6 +417,20 @@ async fn voice_media_streaming_failed_ends_the_call_politely() {
         .await
         .unwrap();
     assert_eq!(stats["media_failures"], 1);
+    let ready: Value = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["status"], "ready",
+        "a failed call does not take the replica out"
+    );
+    assert_eq!(ready["voice"]["media_failures"], 1);
 }
 
 #[tokio::test]
