@@ -103,6 +103,16 @@ pub fn build(
 ) -> Result<Arc<VoiceService>, String> {
     let (provider, sandbox): (Arc<dyn VoiceProvider>, _) = match &settings.acs {
         Some(acs) => {
+            if settings.voice.cognitive_services_endpoint.is_none() {
+                tracing::warn!(
+                    "COGNITIVE_SERVICES_ENDPOINT is not set: calls are answered without transcription or text-to-speech"
+                );
+            }
+            if !settings.public_base_url.starts_with("https://") {
+                tracing::warn!(
+                    "PUBLIC_BASE_URL is not https: ACS cannot reach callbacks or the media WebSocket"
+                );
+            }
             let client = crate::acs::AcsClient::new(acs, http).map_err(|e| e.to_string())?;
             (
                 Arc::new(client::AcsCallAutomation::new(
