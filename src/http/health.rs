@@ -44,6 +44,8 @@ pub struct Readiness {
     pub backends: Vec<BackendStatus>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failing: Vec<&'static str>,
+    /// Voice counters (media failures, live sessions): informative, never a reason to fail.
+    pub voice: crate::voice::stats::VoiceStatsSnapshot,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,6 +81,7 @@ pub async fn check_readiness(state: &AppState) -> Readiness {
         },
         backends,
         failing,
+        voice: state.voice.stats.snapshot(),
     }
 }
 

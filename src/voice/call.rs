@@ -12,6 +12,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::VoiceService;
 use super::audio::{AudioCommand, RealTime, TextToSpeech, run_audio_out};
@@ -180,7 +181,10 @@ pub async fn run_call(
     });
 
     let driver = Driver::new(service.clone(), record, call_id.clone(), output, ws_tx);
-    driver.run(frame_rx, &mut attachment.events).await;
+    driver
+        .run(frame_rx, &mut attachment.events)
+        .instrument(span)
+        .await;
     drop(attachment);
     reader.abort();
     let _ = writer.await;
@@ -274,7 +278,10 @@ impl Driver {
         let format = AudioFormat::from_setting(&service.settings.voice.audio_format);
         let context = CustomerContext::new(record.customer_id.clone(), chrono::Utc::now());
         Self {
-            conversation: Conversation::new(call_id.clone()),
+            conversation: Conversation::with_session(
+                call_id.clone(),
+                uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            ),
             service,
             call_id,
             context,
@@ -309,8 +316,21 @@ impl Driver {
         if let SpeechOutput::Frames(tts) = self.output.clone() {
             self.start_audio(tts);
         }
-        let effects = self.conversation.start(Instant::now().into_std());
-        self.apply(effects).await;
+        // A reconnected socket of a call already under way does not greet again.
+        let prefix = format!("{}:", self.call_id);
+        let resumed = self.context.transcript.iter().any(|t| {
+            t.channel == Channel::Voice
+                && t.source_id
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with(&prefix))
+        });
+        if resumed {
+            tracing::info!(call_connection_id = %self.call_id, "media socket reconnected; resuming");
+            self.conversation.resume();
+        } else {
+            let effects = self.conversation.start(Instant::now().into_std());
+            self.apply(effects).await;
+        }
         let silence = self.service.settings.voice.silence_timeout;
         let barge_in = self.service.settings.voice.barge_in;
         let mut frames_open = true;

@@ -131,6 +131,16 @@ pub fn build(
 ) -> Result<Arc<VoiceService>, String> {
     let (provider, sandbox): (Arc<dyn VoiceProvider>, _) = match &settings.acs {
         Some(acs) => {
+            if settings.voice.cognitive_services_endpoint.is_none() {
+                tracing::warn!(
+                    "COGNITIVE_SERVICES_ENDPOINT is not set: calls are answered without transcription or text-to-speech"
+                );
+            }
+            if !settings.public_base_url.starts_with("https://") {
+                tracing::warn!(
+                    "PUBLIC_BASE_URL is not https: ACS cannot reach callbacks or the media WebSocket"
+                );
+            }
             let client = crate::acs::AcsClient::new(acs, http).map_err(|e| e.to_string())?;
             (
                 Arc::new(client::AcsCallAutomation::new(
@@ -297,10 +307,15 @@ impl VoiceService {
             .await
             .map_err(VoiceServiceError::ProviderUnavailable)?;
         let call_id = answered.call_connection_id;
+        // The call is answered now: whatever fails from here on is logged, never retried by
+        // a redelivery (answering the same incomingCallContext twice cannot succeed).
         record.call_connection_id = Some(call_id.clone());
-        self.registry.put(&token, &record).await?;
+        if let Err(err) = self.registry.put(&token, &record).await {
+            tracing::error!(call_connection_id = %call_id, error = %err, "call record not updated");
+        }
         let display_name = call.caller_display_name.clone();
-        self.contexts
+        let opened = self
+            .contexts
             .update(&call.caller, |ctx| {
                 if ctx.display_name.is_none() {
                     ctx.display_name = display_name.clone();
@@ -315,7 +330,10 @@ impl VoiceService {
                     });
                 }
             })
-            .await?;
+            .await;
+        if let Err(err) = opened {
+            tracing::error!(call_connection_id = %call_id, error = %err, "voice session not recorded");
+        }
         self.stats.answered();
         tracing::info!(
             call_connection_id = %call_id,
@@ -385,6 +403,15 @@ impl VoiceService {
             tracing::warn!(event_id = %event.id, "callback without a call connection id ignored");
             return Ok(());
         };
+        if record
+            .call_connection_id
+            .as_deref()
+            .is_some_and(|known| known != call_id)
+        {
+            // A token is good for its own call only.
+            tracing::warn!(event_id = %event.id, "callback for another call ignored");
+            return Ok(());
+        }
         let customer = record.customer_id.clone();
         let closing_op = event
             .operation_context
@@ -456,6 +483,17 @@ impl VoiceService {
         // The session holding the call's WebSocket (on whichever replica) drives the rest.
         self.registry.publish(token, event).await?;
         Ok(())
+    }
+
+    /// Ends a call politely: speaks `text`, then hangs up once its `PlayCompleted` (or
+    /// `PlayFailed`) callback arrives, on whichever replica receives it. For the handoff saga's
+    /// goodbye; if the play cannot even be requested, hangs up at once.
+    pub async fn close_call(&self, call_id: &str, text: &str, reason: &str) {
+        let op = format!("{CLOSING_PREFIX}{reason}");
+        if let Err(err) = self.provider.play_text(call_id, text, &op).await {
+            tracing::warn!(call_connection_id = %call_id, error = %err, "goodbye not played; hanging up");
+            self.hang_up(call_id).await;
+        }
     }
 
     pub async fn hang_up(&self, call_id: &str) {

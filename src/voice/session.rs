@@ -146,6 +146,9 @@ struct AgentTurn {
 #[derive(Debug)]
 pub struct Conversation {
     call_connection_id: String,
+    /// Distinguishes this socket's session from an earlier one of the same call (ACS may
+    /// reconnect the media socket), so remembered agent turns never collide.
+    session: String,
     phase: Phase,
     next_turn: u64,
     current: Option<AgentTurn>,
@@ -155,8 +158,13 @@ pub struct Conversation {
 
 impl Conversation {
     pub fn new(call_connection_id: impl Into<String>) -> Self {
+        Self::with_session(call_connection_id, "s")
+    }
+
+    pub fn with_session(call_connection_id: impl Into<String>, session: impl Into<String>) -> Self {
         Self {
             call_connection_id: call_connection_id.into(),
+            session: session.into(),
             phase: Phase::Listening,
             next_turn: 1,
             current: None,
@@ -171,6 +179,11 @@ impl Conversation {
         let mut effects = Vec::new();
         self.begin_turn(AgentInput::CallStarted, None, &mut effects);
         effects
+    }
+
+    /// A reconnected media socket of a call already under way: no second greeting, listen.
+    pub fn resume(&mut self) {
+        self.phase = Phase::Listening;
     }
 
     /// Whether the session waits for the caller (the silence timer runs only then).
@@ -427,7 +440,10 @@ impl Conversation {
             return;
         }
         let mut remembered = Turn::new(Channel::Voice, Role::Agent, spoken.join(" "), Utc::now())
-            .with_source_id(format!("{}:agent:{}", self.call_connection_id, turn.id));
+            .with_source_id(format!(
+                "{}:agent:{}:{}",
+                self.call_connection_id, self.session, turn.id
+            ));
         remembered.timings = turn.timings;
         effects.push(Effect::Remember(remembered));
     }

@@ -417,6 +417,20 @@ async fn voice_media_streaming_failed_ends_the_call_politely() {
         .await
         .unwrap();
     assert_eq!(stats["media_failures"], 1);
+    let ready: Value = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["status"], "ready",
+        "a failed call does not take the replica out"
+    );
+    assert_eq!(ready["voice"]["media_failures"], 1);
 }
 
 #[tokio::test]
@@ -682,4 +696,85 @@ async fn voice_outbound_audio_frames_and_stop_audio_on_barge_in() {
         plays(&fake, &call.call_id).is_empty(),
         "nothing went through :play"
     );
+}
+
+#[tokio::test]
+async fn voice_close_call_hangs_up_after_the_goodbye_completes() {
+    let fake = FakeAcs::start().await;
+    fake.auto_complete_plays(false);
+    let app = app_with(&fake, |_| {}).await;
+    let phone = "+14255550114";
+    let (call, _socket) = call_in(&app, &fake, phone).await;
+    let id = call.call_id.as_str();
+    app.state
+        .voice
+        .close_call(
+            id,
+            "You will get a WhatsApp message now. Goodbye.",
+            "handoff",
+        )
+        .await;
+    let goodbye = fake
+        .wait_for("the goodbye", |f| {
+            f.plays_for(id)
+                .into_iter()
+                .find(|p| p.operation_context() == Some("close:handoff"))
+        })
+        .await;
+    assert_eq!(
+        goodbye.play_text(),
+        Some("You will get a WhatsApp message now. Goodbye.")
+    );
+    let hung_up = |f: &FakeAcs| f.actions_for(id).iter().any(|a| a.action() == "hangup");
+    assert!(!hung_up(&fake), "not before the goodbye was played");
+    fake.callback(
+        id,
+        "PlayCompleted",
+        json!({"operationContext": "close:handoff"}),
+    )
+    .await;
+    fake.wait_for("hang-up", |f| hung_up(f).then_some(())).await;
+    wait_context(&app, phone, "ended", |c| {
+        c.voice_sessions[0].status == VoiceSessionStatus::Ended
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn voice_reconnected_media_socket_resumes_without_a_second_greeting() {
+    let fake = FakeAcs::start().await;
+    let app = app_with(&fake, |_| {}).await;
+    let phone = "+14255550115";
+    let (call, socket) = call_in(&app, &fake, phone).await;
+    let id = call.call_id.as_str();
+    wait_context(&app, phone, "the greeting", |c| c.transcript.len() == 1).await;
+    socket.close().await;
+    let mut socket = AcsSocket::connect(&call.media_url).await;
+    socket.final_text("back again", 77).await;
+    let ctx = wait_context(&app, phone, "the reply", |c| c.transcript.len() == 3).await;
+    assert_eq!(
+        ctx.transcript[2].text,
+        "You said: back again. Let me look into that."
+    );
+    assert_eq!(
+        plays(&fake, id).iter().filter(|p| *p == "Hello.").count(),
+        1
+    );
+
+    // Another call's events cannot be posted with this call's token.
+    let uri = fake.callback_uri(id).unwrap();
+    let foreign = json!([{"id":"f1","type":"Microsoft.Communication.CallDisconnected","specversion":"1.0",
+        "data":{"callConnectionId":"someone-else"}}]);
+    assert_eq!(
+        app.http
+            .post(&uri)
+            .json(&foreign)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ctx = wait_context(&app, phone, "still live", |_| true).await;
+    assert_eq!(ctx.voice_sessions[0].status, VoiceSessionStatus::Connected);
 }
