@@ -67,10 +67,22 @@ pub async fn run_turn(
     for _ in 0..MAX_ROUNDS {
         let mut stream = agent.respond(request.clone());
         let mut calls = Vec::new();
+        // Each round's text continues the reply: keep the rounds apart by a space, or the
+        // last sentence of one and the first of the next would run together.
+        let mut round_started = false;
         while let Some(event) = stream.next().await {
             match event? {
                 AgentEvent::Text(delta) => {
                     if !delta.is_empty() {
+                        if !round_started
+                            && !outcome.text.is_empty()
+                            && !outcome.text.ends_with(char::is_whitespace)
+                            && !delta.starts_with(char::is_whitespace)
+                        {
+                            on_text(" ");
+                            outcome.text.push(' ');
+                        }
+                        round_started = true;
                         on_text(&delta);
                         outcome.text.push_str(&delta);
                     }
@@ -106,4 +118,74 @@ pub async fn run_turn(
         "agent kept asking for tools; turn cut off"
     );
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::agent::scripted::{OFFER_QUESTION, ScriptedAgent};
+    use crate::agent::{AgentInput, AgentRequest};
+    use crate::domain::{Channel, CustomerContext, CustomerId};
+
+    struct Host;
+
+    #[async_trait]
+    impl ToolHost for Host {
+        async fn run(&self, request: ToolRequest, _call: &ToolCall) -> ToolOutcome {
+            match request {
+                ToolRequest::CheckWaitTime => ToolOutcome::output(
+                    json!({"wait_seconds": 540, "over_threshold": true, "within_business_hours": true, "offer_allowed": true}),
+                ),
+                _ => ToolOutcome::output(json!({"status": "ok"})),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_turn_with_tools_speaks_each_round_once_and_apart() {
+        let ctx =
+            CustomerContext::new(CustomerId::parse_phone("+14255550123").unwrap(), Utc::now());
+        let request = AgentRequest::new(
+            ctx,
+            Channel::Voice,
+            AgentInput::Text {
+                text: "My power is out since this morning".into(),
+            },
+        );
+        let mut streamed = String::new();
+        let outcome = run_turn(&ScriptedAgent, &Host, request, &mut |d| {
+            streamed.push_str(d)
+        })
+        .await
+        .unwrap();
+        assert_eq!(streamed, outcome.text);
+        assert_eq!(
+            outcome.text.matches(OFFER_QUESTION).count(),
+            1,
+            "{}",
+            outcome.text
+        );
+        assert!(
+            outcome
+                .text
+                .starts_with("Thanks, let me check how long the wait is. All our colleagues"),
+            "{}",
+            outcome.text
+        );
+        let names: Vec<_> = outcome
+            .tool_results
+            .iter()
+            .map(|r| r.call.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "update_collected_data",
+                "check_wait_time",
+                "offer_whatsapp_handoff"
+            ]
+        );
+    }
 }

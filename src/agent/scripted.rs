@@ -68,29 +68,41 @@ impl Reply {
     }
 }
 
+/// The results of the tools asked for in the previous round only: earlier rounds were already
+/// answered. Calls are numbered `call_{round}_{i}` when the agent emits them.
+fn latest_results(request: &AgentRequest) -> Vec<&super::ToolResult> {
+    // Ids not in that form (another agent's, a test's) count as one round each.
+    let round_of = |id: &str| {
+        Some(
+            id.rsplit_once('_')
+                .map_or(id, |(round, _)| round)
+                .to_owned(),
+        )
+    };
+    let Some(latest) = request
+        .tool_results
+        .last()
+        .and_then(|r| round_of(&r.call.id))
+    else {
+        return Vec::new();
+    };
+    request
+        .tool_results
+        .iter()
+        .filter(|r| round_of(&r.call.id).as_deref() == Some(latest.as_str()))
+        .collect()
+}
+
 fn voice(request: &AgentRequest) -> Reply {
     let ctx = &request.context;
+    let latest = latest_results(request);
     // Second round of a turn: the wait time is known.
-    if let Some(result) = request
-        .tool_results
-        .iter()
-        .find(|r| r.call.name == CHECK_WAIT_TIME)
-    {
+    if let Some(result) = latest.iter().find(|r| r.call.name == CHECK_WAIT_TIME) {
         return wait_answer(&result.output);
     }
-    if request
-        .tool_results
-        .iter()
-        .any(|r| r.call.name == HANDOFF_TO_WHATSAPP)
-    {
+    if let Some(out) = latest.iter().find(|r| r.call.name == HANDOFF_TO_WHATSAPP) {
         // The engine reported the outcome of the handoff; speak it.
-        let out = &request
-            .tool_results
-            .iter()
-            .rev()
-            .find(|r| r.call.name == HANDOFF_TO_WHATSAPP);
-        let ok =
-            out.is_some_and(|r| r.output.get("status").and_then(Value::as_str) == Some("sent"));
+        let ok = out.output.get("status").and_then(Value::as_str) == Some("sent");
         return if ok {
             say(
                 "Done. You'll find our WhatsApp message on your phone. Thanks for calling, goodbye.",

@@ -206,6 +206,18 @@ async fn the_whole_story_from_yes_on_the_phone_to_the_answer_on_whatsapp() {
     assert!(!sent[0].0[1].contains('\n'));
     assert_eq!(hang_ups(&app, &call_id), 1);
     let plays = played(&app, &call_id);
+    assert_eq!(
+        plays
+            .iter()
+            .filter(|p| p.as_str() == OFFER_QUESTION)
+            .count(),
+        1,
+        "the offer is made once: {plays:#?}"
+    );
+    assert!(
+        plays.contains(&"Thanks, let me check how long the wait is.".to_owned()),
+        "{plays:#?}"
+    );
     let goodbye = plays
         .iter()
         .position(|p| p.contains("Goodbye") || p.contains("goodbye"))

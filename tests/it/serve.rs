@@ -162,3 +162,41 @@ async fn a_stopped_app_releases_its_embedded_store() {
     app.stop().await;
     handoff::store::embedded::EmbeddedStore::open(dir.path()).expect("released");
 }
+
+/// `handoff demo` plays the whole story and exits 0 only when every step happened.
+#[tokio::test]
+async fn the_demo_tells_the_whole_story() {
+    let output = tokio::task::spawn_blocking(|| {
+        Command::new(env!("CARGO_BIN_EXE_handoff"))
+            .arg("demo")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    for expected in [
+        "Microsoft.Communication.IncomingCall",
+        "Would you like to continue on WhatsApp instead?",
+        "caller    Yes, WhatsApp is fine.",
+        "template conversation_continuation {{1}}=\"Ada\" {{2}}=\"You told us: My power has been out",
+        "hung up",
+        "whatsapp  agent     Hi Ada, thanks for continuing here after your call",
+        "template_sent",
+        "call_ended",
+        "resumed",
+        "Every step of the story happened.",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("+14255550123"),
+        "the demo prints masked numbers only"
+    );
+}
