@@ -709,3 +709,175 @@ async fn the_summary_is_one_line_that_fits_the_template_parameter() {
     );
     assert!(!request.body.to_string().contains("4255550123"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The whole app with the OpenAI agent: requests leave the running service for the fake.
+
+fn tool_call_reply(id: &str, name: &str, arguments: &str, lead: &[&str]) -> Reply {
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+    events.extend(lead.iter().map(|p| text(p)));
+    events.push(chunk(
+        json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
+               "function": {"name": name, "arguments": arguments}}]}),
+        None,
+    ));
+    events.push(chunk(json!({}), Some("tool_calls")));
+    Reply::Sse { events, gate: None }
+}
+
+async fn until_seen(fake: &Fake, n: usize) -> Vec<Seen> {
+    for _ in 0..500 {
+        let seen = fake.seen();
+        if seen.len() >= n {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the model was asked {} times, expected {n}",
+        fake.seen().len()
+    );
+}
+
+/// A WhatsApp reply after a call: the service asks the model with the WhatsApp tools and the
+/// call's summary and collected data, and sends what the model streamed.
+#[tokio::test]
+async fn the_app_asks_the_model_with_the_call_in_mind_and_sends_its_whatsapp_answer() {
+    let (fake, base) =
+        Fake::start(vec![text_reply(&["Hi Ada! ", "The crew is on its way."])]).await;
+    let app = crate::support::TestApp::spawn_with(|s| {
+        s.agent.backend = compatible(&base);
+        crate::whatsapp::quick(s);
+    })
+    .await;
+    let id = CustomerId::parse_phone(crate::whatsapp::CUSTOMER).unwrap();
+    app.state
+        .stores
+        .contexts
+        .update(&id, |c| {
+            c.display_name = Some("Ada Lovelace".into());
+            c.call_summary = Some("Power out since 6am at 123 Oak St.".into());
+            c.collected_data
+                .insert("issue_type".into(), json!("power outage"));
+            c.collected_data
+                .insert("account_verified".into(), json!(true));
+        })
+        .await
+        .unwrap();
+    let delivered = crate::whatsapp::deliver(
+        &app,
+        &json!([crate::whatsapp::text(
+            "eg-ai-1",
+            "m-ai-1",
+            "Any update on the crew?"
+        )]),
+    )
+    .await;
+    assert_eq!(delivered.status(), 200);
+    let seen = until_seen(&fake, 1).await;
+    let request = &seen[0];
+    assert_eq!(request.path, "/v1/chat/completions");
+    assert_eq!(request.body["stream"], true);
+    assert_eq!(request.body["tools"], expected_tools(Channel::Whatsapp));
+    let all = serde_json::to_string(&messages(request)).unwrap();
+    assert!(all.contains("Power out since 6am at 123 Oak St."), "{all}");
+    assert!(
+        all.contains("power outage") && all.contains("account_verified"),
+        "{all}"
+    );
+    assert!(all.contains("Any update on the crew?"), "{all}");
+    assert!(
+        !all.contains("14254360097"),
+        "no phone number goes to the model"
+    );
+    crate::whatsapp::eventually(
+        &app,
+        crate::whatsapp::CUSTOMER,
+        "the model's answer sent",
+        |m| m.iter().any(|r| r["direction"] == "outbound"),
+    )
+    .await;
+    let sent = app.state.whatsapp.sandbox_records().unwrap();
+    assert!(sent.iter().any(|r| matches!(&r.message,
+        handoff::domain::OutboundMessage::Text { text } if text == "Hi Ada! The crew is on its way.")));
+}
+
+/// On a call, the model's streamed tool call runs in the service and the second request carries
+/// its result; both rounds are spoken.
+#[tokio::test]
+async fn on_a_call_a_streamed_tool_call_runs_and_its_result_goes_back_to_the_model() {
+    let (fake, base) = Fake::start(vec![
+        text_reply(&["Hello Ada. ", "How can I help you today?"]),
+        tool_call_reply(
+            "call_w",
+            CHECK_WAIT_TIME,
+            "{}",
+            &["Let me check the queue. "],
+        ),
+        text_reply(&["The wait is about nine minutes."]),
+    ])
+    .await;
+    let port = crate::support::services::free_port();
+    let app = crate::support::TestApp::spawn_with(move |s| {
+        s.port = port;
+        s.public_base_url = format!("http://127.0.0.1:{port}");
+        s.agent.backend = compatible(&base);
+        s.handoff.queue_wait_seconds = 540;
+    })
+    .await;
+    let phone = "+14255550177";
+    assert_eq!(
+        crate::voice::ring(
+            &app,
+            &crate::voice::incoming_event("ev-ai", "corr-ai", phone)
+        )
+        .await,
+        200
+    );
+    let ctx =
+        crate::voice::wait_context(&app, phone, "a call", |c| !c.voice_sessions.is_empty()).await;
+    let call_id = ctx.voice_sessions[0].call_connection_id.clone();
+    let url = app
+        .state
+        .voice
+        .sandbox
+        .as_ref()
+        .unwrap()
+        .media_url(&call_id)
+        .unwrap();
+    let mut socket = crate::support::acs_socket::AcsSocket::connect(&url).await;
+    crate::voice::wait_context(&app, phone, "the greeting", |c| c.transcript.len() == 1).await;
+    socket
+        .final_text("How long is the wait right now?", 5_000)
+        .await;
+    crate::voice::wait_context(&app, phone, "both rounds spoken", |c| {
+        c.transcript.iter().any(|t| t.text.contains("nine minutes"))
+    })
+    .await;
+    let seen = until_seen(&fake, 3).await;
+    assert_eq!(seen[1].body["tools"], expected_tools(Channel::Voice));
+    let second = messages(&seen[2]);
+    let tool_message = second
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .expect("a tool message");
+    assert_eq!(tool_message["tool_call_id"], "call_w");
+    let output: Value = serde_json::from_str(tool_message["content"].as_str().unwrap()).unwrap();
+    assert_eq!(output["wait_seconds"], 540);
+    assert_eq!(output["offer_allowed"], true);
+    let spoken = crate::voice::wait_context(&app, phone, "the agent turn", |c| {
+        c.transcript.iter().any(|t| {
+            t.text
+                .contains("Let me check the queue. The wait is about nine minutes.")
+        })
+    })
+    .await;
+    assert_eq!(
+        spoken
+            .transcript
+            .iter()
+            .filter(|t| t.role == Role::Agent)
+            .count(),
+        2
+    );
+}
