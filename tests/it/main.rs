@@ -8,6 +8,7 @@ mod admin;
 mod cosmos;
 mod handoff_store;
 mod handoff_story;
+mod identity;
 mod infra_contract;
 mod openai;
 mod serve;
