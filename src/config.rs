@@ -282,7 +282,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "EVENT_GRID_SECRET",
-        "the `?code=` Event Grid deliveries must carry (unset = unauthenticated, warned)",
+        "the `?code=` Event Grid deliveries must carry; `old,new` accepts both while rotating (unset = unauthenticated, warned)",
     ),
     (
         "WEBHOOK_MAX_BODY_BYTES",

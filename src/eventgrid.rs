@@ -125,17 +125,28 @@ pub fn options_response(headers: &HeaderMap) -> Response {
     response
 }
 
-/// Checks the `?code=` secret in constant time. With no secret configured, everything passes
-/// (the service warns about it at start-up).
+/// Checks the `?code=` secret in constant time. The setting may hold two secrets separated by
+/// a comma while one is rotated (Event Grid drops deliveries answered 401, so the old one must
+/// keep working until every subscription has the new one). With no secret configured,
+/// everything passes (the service warns about it at start-up).
 pub fn authorised(expected: Option<&Secret<String>>, presented: Option<&str>) -> bool {
-    match expected {
-        None => true,
-        Some(secret) => presented.is_some_and(|code| {
-            let expected = secret.expose().as_bytes();
-            let code = code.as_bytes();
-            expected.len() == code.len() && bool::from(expected.ct_eq(code))
-        }),
-    }
+    let Some(secret) = expected else {
+        return true;
+    };
+    let Some(code) = presented else {
+        return false;
+    };
+    let code = code.as_bytes();
+    // Every candidate is compared, so the time taken does not tell which one matched.
+    secret
+        .expose()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .fold(false, |found, candidate| {
+            let candidate = candidate.as_bytes();
+            found | (candidate.len() == code.len() && bool::from(candidate.ct_eq(code)))
+        })
 }
 
 #[cfg(test)]
@@ -230,6 +241,11 @@ mod tests {
         assert!(!authorised(Some(&secret), Some("s3cret!")));
         assert!(!authorised(Some(&secret), None));
         assert!(authorised(None, None));
+        let rotating = Secret::new("old-one, new-one".to_string());
+        assert!(authorised(Some(&rotating), Some("old-one")));
+        assert!(authorised(Some(&rotating), Some("new-one")));
+        assert!(!authorised(Some(&rotating), Some("old-one, new-one")));
+        assert!(!authorised(Some(&rotating), Some("")));
     }
 
     #[test]
