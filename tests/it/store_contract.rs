@@ -339,3 +339,103 @@ contract_suite!(embedded_store, super::embedded);
 contract_suite!(redis_over_embedded_store, super::redis_over_embedded);
 contract_suite!(cosmos_store, super::cosmos);
 contract_suite!(redis_over_cosmos_store, super::redis_over_cosmos);
+
+/// Redis dies in the middle: reads and writes go to the durable store and never fail; when
+/// Redis is back, what changed meanwhile is not served from a stale cached copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dying_mid_test_costs_the_caller_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable: Arc<dyn ContextStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let mut redis = RedisServer::start();
+    let contexts = Contexts::new(cached(durable.clone(), &redis));
+    let id = customer(7);
+    let bump = |ctx: &mut handoff::domain::CustomerContext| {
+        let n = ctx
+            .collected_data
+            .get("n")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        ctx.collected_data.insert("n".into(), json!(n + 1));
+    };
+    contexts.update(&id, bump).await.unwrap();
+    assert_eq!(
+        contexts.get(&id).await.unwrap().unwrap().collected_data["n"],
+        json!(1),
+        "cached"
+    );
+
+    redis.kill();
+    for expected in 2..=4 {
+        contexts
+            .update(&id, bump)
+            .await
+            .expect("writes go on without redis");
+        let ctx = contexts
+            .get(&id)
+            .await
+            .expect("reads go on without redis")
+            .unwrap();
+        assert_eq!(ctx.collected_data["n"], json!(expected));
+    }
+
+    // Back, empty: the copy written before the outage is gone anyway; what matters is that the
+    // next reads and writes are right and land in the cache again.
+    redis.restart();
+    let mut last = None;
+    for _ in 0..50 {
+        last = contexts.get(&id).await.ok().flatten();
+        if last.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last.unwrap().collected_data["n"], json!(4));
+    contexts.update(&id, bump).await.unwrap();
+    assert_eq!(
+        durable.get(&id).await.unwrap().unwrap().collected_data["n"],
+        json!(5)
+    );
+    assert_eq!(
+        contexts.get(&id).await.unwrap().unwrap().collected_data["n"],
+        json!(5)
+    );
+}
+
+/// A cached copy that outlived an outage (Redis kept its data, the durable store moved on) is
+/// dropped when Redis accepts writes again, not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_cached_before_an_outage_is_not_served_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable: Arc<dyn ContextStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let redis = RedisServer::start();
+    let pool = redis_pool(&redis);
+    let contexts = Contexts::new(Arc::new(CachedContextStore::new(
+        durable.clone(),
+        pool.clone(),
+        Duration::from_secs(60),
+    )));
+    let id = customer(8);
+    contexts
+        .update(&id, |c| c.summary = "before".into())
+        .await
+        .unwrap();
+    assert_eq!(contexts.get(&id).await.unwrap().unwrap().summary, "before");
+
+    // Redis refuses this replica's writes (a partial outage: it still answers reads with the
+    // old copy); the durable store moves on meanwhile.
+    let mut conn = pool.connection();
+    let acl = |rule: &'static str| {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .clone()
+    };
+    let _: () = acl("-@write").query_async(&mut conn).await.unwrap();
+    contexts
+        .update(&id, |c| c.summary = "during".into())
+        .await
+        .unwrap();
+    let _: () = acl("+@write").query_async(&mut conn).await.unwrap();
+    assert_eq!(contexts.get(&id).await.unwrap().unwrap().summary, "during");
+}
