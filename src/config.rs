@@ -180,10 +180,9 @@ pub struct HandoffSettings {
     pub outside_hours: OutsideHours,
     /// How long to wait for `PlayCompleted` of the goodbye before hanging up anyway.
     pub goodbye_timeout: Duration,
-    /// The template that continues the conversation, and whether it has a quick-reply button
-    /// whose payload should carry the handoff id.
+    /// The template that continues the conversation. When the registered template has a
+    /// quick-reply button, its payload carries the handoff id.
     pub template_name: String,
-    pub template_has_button: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -413,10 +412,6 @@ pub const SETTINGS: &[(&str, &str)] = &[
     (
         "HANDOFF_TEMPLATE_NAME",
         "the continuation template (default conversation_continuation)",
-    ),
-    (
-        "HANDOFF_TEMPLATE_HAS_BUTTON",
-        "whether it has a quick-reply button carrying the handoff id (default false)",
     ),
     (
         "ADMIN_API_KEY",
@@ -689,11 +684,6 @@ fn handoff_settings(env: &Env) -> Result<HandoffSettings, ConfigError> {
         template_name: env
             .string("HANDOFF_TEMPLATE_NAME")
             .unwrap_or_else(|| "conversation_continuation".into()),
-        template_has_button: env.parse(
-            "HANDOFF_TEMPLATE_HAS_BUTTON",
-            "true or false",
-            Some(false),
-        )?,
     })
 }
 

@@ -24,12 +24,18 @@ impl ContinuationSender for WhatsAppContinuation {
             .0
             .upgrade()
             .ok_or_else(|| SendRefusal::Unavailable("the service is shutting down".into()))?;
+        // The payload rides the template's quick-reply button; without one there is nowhere to
+        // put it (the reply is then correlated by customer).
+        let payload = request
+            .button_payload
+            .clone()
+            .filter(|_| whatsapp.quick_reply_buttons(&request.template) > 0);
         let sent = whatsapp
             .send_template(
                 &request.customer,
                 &request.template,
                 request.parameters.clone(),
-                request.button_payload.clone(),
+                payload,
             )
             .await;
         match sent {

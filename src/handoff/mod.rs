@@ -47,7 +47,7 @@ pub struct ContinuationRequest {
     pub template: String,
     /// Body parameters in order: {{1}} name, {{2}} summary.
     pub parameters: Vec<String>,
-    /// Quick-reply payload (the handoff id), when the template has a button.
+    /// Quick-reply payload (the handoff id), for templates that have a quick-reply button.
     pub button_payload: Option<String>,
     /// Stable across retries and replicas: the provider deduplicates on it.
     pub idempotency_key: String,
@@ -324,10 +324,8 @@ impl HandoffService {
                     .unwrap_or_else(|| "there".into()),
                 handoff.summary.clone().unwrap_or_default(),
             ],
-            button_payload: self
-                .settings
-                .template_has_button
-                .then(|| id.as_str().to_owned()),
+            // Used when the template has a quick-reply button (the sender knows).
+            button_payload: Some(id.as_str().to_owned()),
             idempotency_key: id.as_str().to_owned(),
         };
         let sent = self.sender.send_continuation(&request).await;

@@ -354,6 +354,21 @@ impl WhatsApp {
         self.sandbox.as_ref().map(|s| s.records())
     }
 
+    /// How many quick-reply buttons the registered template `name` (in the configured language)
+    /// has; 0 when it is unknown.
+    pub fn quick_reply_buttons(&self, name: &str) -> usize {
+        let registry = self.templates.read().unwrap_or_else(|p| p.into_inner());
+        registry
+            .get(name, &self.settings.whatsapp.template_language)
+            .map(|spec| {
+                spec.buttons
+                    .iter()
+                    .filter(|b| **b == crate::domain::template::TemplateButton::QuickReply)
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     pub fn templates(&self) -> Vec<TemplateSpec> {
         self.templates
             .read()

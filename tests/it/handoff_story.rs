@@ -204,6 +204,22 @@ async fn the_whole_story_from_yes_on_the_phone_to_the_answer_on_whatsapp() {
         sent[0].0
     );
     assert!(!sent[0].0[1].contains('\n'));
+    let quick_replies: Vec<Vec<String>> = app
+        .state
+        .whatsapp
+        .sandbox_records()
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.message {
+            OutboundMessage::Template(t) => Some(t.quick_replies),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        quick_replies,
+        vec![vec![offered.id.as_str().to_owned()]],
+        "the button carries the handoff id"
+    );
     assert_eq!(hang_ups(&app, &call_id), 1);
     let plays = played(&app, &call_id);
     assert_eq!(
@@ -550,4 +566,70 @@ async fn a_saga_stopped_before_the_send_is_finished_by_another_replica() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].0[0], "Grace");
     assert_eq!(hang_ups(&app, "call-half"), 1);
+}
+
+/// A tap on the template's button carries the handoff id: that handoff resumes, even when the
+/// customer has a newer one (pitfall 10: correlate by handoff id first, then by number).
+#[tokio::test]
+async fn a_button_reply_resumes_the_handoff_it_carries() {
+    let app = TestApp::spawn_with(quick).await;
+    let customer = CustomerId::parse_phone(CUSTOMER).unwrap();
+    let sent = |minutes: i64| {
+        let at = Utc::now() - chrono::Duration::minutes(minutes);
+        let mut h = Handoff::new(customer.clone(), Some(format!("call-{minutes}")), at);
+        for m in [
+            Milestone::Offered,
+            Milestone::Accepted,
+            Milestone::Summarised,
+            Milestone::TemplateSent,
+            Milestone::CallEnded,
+        ] {
+            h.apply(m, at, None).unwrap();
+        }
+        h
+    };
+    let older = app.state.stores.handoffs.create(&sent(30)).await.unwrap();
+    let newer = app.state.stores.handoffs.create(&sent(5)).await.unwrap();
+    let tap = crate::whatsapp::received(
+        "eg-tap",
+        "m-tap",
+        serde_json::json!({"messageType": "button", "button": {"text": "Continue", "payload": older.id.as_str()}}),
+    );
+    assert_eq!(deliver(&app, &serde_json::json!([tap])).await.status(), 200);
+    handoff_of(&app, "the older one resumed", |_| true).await;
+    for _ in 0..200 {
+        if app
+            .state
+            .stores
+            .handoffs
+            .get(&older.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .reached(Milestone::Resumed)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        app.state
+            .stores
+            .handoffs
+            .get(&older.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .reached(Milestone::Resumed)
+    );
+    assert!(
+        !app.state
+            .stores
+            .handoffs
+            .get(&newer.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .reached(Milestone::Resumed)
+    );
 }
