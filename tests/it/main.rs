@@ -9,4 +9,5 @@ mod serve;
 mod store_contract;
 mod support;
 mod whatsapp;
+mod whatsapp_load;
 mod whatsapp_outbound;
