@@ -45,6 +45,24 @@ pub struct InboxEntry {
     pub event: InboxEvent,
 }
 
+impl InboxEntry {
+    pub fn key(&self) -> EntryKey {
+        EntryKey {
+            seq: self.seq,
+            partition: self.partition.clone(),
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// What identifies an entry to complete it (embedded: `seq`; Cosmos: partition and id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryKey {
+    pub seq: u64,
+    pub partition: String,
+    pub id: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
     Fresh(Box<InboxEntry>),
@@ -59,7 +77,7 @@ pub trait Inbox: Send + Sync + 'static {
     /// Entries not yet completed, oldest first.
     async fn pending(&self, limit: usize) -> Result<Vec<InboxEntry>, StoreError>;
     /// Removes handled entries (their dedupe keys stay claimed until they expire).
-    async fn complete(&self, seqs: Vec<u64>) -> Result<(), StoreError>;
+    async fn complete(&self, done: Vec<EntryKey>) -> Result<(), StoreError>;
     async fn purge_expired(&self) -> Result<usize, StoreError> {
         Ok(0)
     }
@@ -204,12 +222,12 @@ impl Inbox for EmbeddedInbox {
             .await
     }
 
-    async fn complete(&self, seqs: Vec<u64>) -> Result<(), StoreError> {
+    async fn complete(&self, done: Vec<EntryKey>) -> Result<(), StoreError> {
         self.db
             .write(move |txn| {
                 let mut table = txn.open_table(INBOX).map_err(be)?;
-                for seq in seqs {
-                    table.remove(seq).map_err(be)?;
+                for key in done {
+                    table.remove(key.seq).map_err(be)?;
                 }
                 Ok(())
             })

@@ -19,7 +19,7 @@ use crate::domain::{
     StatusUpdate, Turn, WhatsAppSession,
 };
 use crate::store::StoreError;
-use crate::store::inbox::{InboxEntry, InboxEvent, NewEntry};
+use crate::store::inbox::{EntryKey, InboxEntry, InboxEvent, NewEntry};
 
 /// How often pending entries are swept (and at start-up).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -253,11 +253,12 @@ impl WhatsApp {
         loop {
             while let Some(entry) = pending.pop_front() {
                 let seq = entry.seq;
+                let key = entry.key();
                 let permit = self.dispatcher.permits.acquire().await;
                 let handled_entry = self.handle_entry(entry, &mut new_messages).await;
                 drop(permit);
                 match handled_entry {
-                    Ok(()) => handled.push(seq),
+                    Ok(()) => handled.push(key),
                     Err(err) => {
                         tracing::warn!(error = %err, seq, "whatsapp inbox entry failed; left for the sweep");
                         // Keep order: this and everything after it wait for the sweep.
@@ -289,15 +290,16 @@ impl WhatsApp {
         self.finish(&handled).await;
     }
 
-    async fn finish(&self, handled: &[u64]) {
+    async fn finish(&self, handled: &[EntryKey]) {
         if handled.is_empty() {
             return;
         }
+        let seqs: Vec<u64> = handled.iter().map(|k| k.seq).collect();
         match self.inbox.complete(handled.to_vec()).await {
-            Ok(()) => self.dispatcher.done(handled),
+            Ok(()) => self.dispatcher.done(&seqs),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot complete whatsapp inbox entries");
-                self.dispatcher.abandon(handled);
+                self.dispatcher.abandon(&seqs);
             }
         }
     }
