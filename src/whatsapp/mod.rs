@@ -204,11 +204,10 @@ impl WhatsApp {
                 }
             }
         }
-        let total = entries.len();
         let (fresh, duplicate) = self.record(entries).await?;
         Ok(Ingested::Events {
             fresh,
-            duplicate: duplicate + (total - fresh - duplicate),
+            duplicate,
             ignored,
         })
     }
