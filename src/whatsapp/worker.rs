@@ -163,7 +163,15 @@ pub fn spawn_workers(app: &crate::app::App, wa: Arc<WhatsApp>) {
                     () = cancel.cancelled() => break,
                     u = statuses.recv() => match u { Some(u) => u, None => break },
                 };
-                w.record_sandbox_status(update, &cancel).await;
+                // Whatever else is waiting goes into the same inbox append.
+                let mut updates = vec![update];
+                while updates.len() < 256 {
+                    match statuses.try_recv() {
+                        Ok(u) => updates.push(u),
+                        Err(_) => break,
+                    }
+                }
+                w.record_sandbox_statuses(updates, &cancel).await;
             }
         });
     }
@@ -192,14 +200,21 @@ impl WhatsApp {
     }
 
     /// The sandbox's statuses take the same path as a provider's: into the inbox, then the worker.
-    async fn record_sandbox_status(&self, update: StatusUpdate, cancel: &CancellationToken) {
-        let entry = NewEntry {
-            dedupe_keys: vec![format!("sandbox:{}:{:?}", update.message_id, update.status)],
-            partition: super::status_partition(&update),
-            event: InboxEvent::Status(update),
-        };
+    async fn record_sandbox_statuses(
+        &self,
+        updates: Vec<StatusUpdate>,
+        cancel: &CancellationToken,
+    ) {
+        let entries: Vec<NewEntry> = updates
+            .into_iter()
+            .map(|update| NewEntry {
+                dedupe_keys: vec![format!("sandbox:{}:{:?}", update.message_id, update.status)],
+                partition: super::status_partition(&update),
+                event: InboxEvent::Status(update),
+            })
+            .collect();
         for _ in 0..ATTEMPTS {
-            match self.record(vec![entry.clone()]).await {
+            match self.record(entries.clone()).await {
                 Ok(_) => return,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot record a sandbox status; retrying");
