@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Initiation, WhatsApp};
 use crate::agent::{AgentInput, AgentRequest};
 use crate::domain::{
-    Channel, Direction, InboundContent, InboundMessage, MessageRecord, OutboundMessage, Role,
-    StatusUpdate, Turn, WhatsAppSession,
+    Channel, CustomerContext, Direction, InboundContent, InboundMessage, MessageRecord,
+    OutboundMessage, Role, StatusUpdate, Turn, WhatsAppSession,
 };
 use crate::store::StoreError;
 use crate::store::inbox::{EntryKey, InboxEntry, InboxEvent, NewEntry};
@@ -263,6 +263,8 @@ impl WhatsApp {
     async fn handle_batch(&self, partition: &str, batch: Vec<InboxEntry>) {
         let mut handled = Vec::new();
         let mut new_messages = Vec::new();
+        // The context as the last new message left it: what the agent answers with.
+        let mut context = None;
         let mut pending: VecDeque<InboxEntry> = batch.into();
         let mut rounds = 0;
         loop {
@@ -270,7 +272,9 @@ impl WhatsApp {
                 let seq = entry.seq;
                 let key = entry.key();
                 let permit = self.dispatcher.permits.acquire().await;
-                let handled_entry = self.handle_entry(entry, &mut new_messages).await;
+                let handled_entry = self
+                    .handle_entry(entry, &mut new_messages, &mut context)
+                    .await;
                 drop(permit);
                 match handled_entry {
                     Ok(()) => handled.push(key),
@@ -298,9 +302,9 @@ impl WhatsApp {
             }
             pending.extend(more);
         }
-        if !new_messages.is_empty() {
+        if let (false, Some(context)) = (new_messages.is_empty(), context) {
             let _permit = self.dispatcher.permits.acquire().await;
-            self.answer(new_messages).await;
+            self.answer(context, new_messages).await;
         }
         self.finish(&handled).await;
     }
@@ -323,11 +327,13 @@ impl WhatsApp {
         &self,
         entry: InboxEntry,
         new_messages: &mut Vec<InboundMessage>,
+        context: &mut Option<CustomerContext>,
     ) -> Result<(), StoreError> {
         match entry.event {
             InboxEvent::Message(m) => {
-                if self.apply_inbound(&m).await? {
+                if let Some(ctx) = self.apply_inbound(&m).await? {
                     new_messages.push(m);
+                    *context = Some(ctx);
                 }
                 Ok(())
             }
@@ -335,15 +341,18 @@ impl WhatsApp {
         }
     }
 
-    /// Records an inbound message on the context and the message log. Returns whether it was
-    /// new (a redelivery after a crash is not answered twice).
-    async fn apply_inbound(&self, m: &InboundMessage) -> Result<bool, StoreError> {
+    /// Records an inbound message on the context and the message log. Returns the updated
+    /// context when the message was new (a redelivery after a crash is not answered twice).
+    async fn apply_inbound(
+        &self,
+        m: &InboundMessage,
+    ) -> Result<Option<CustomerContext>, StoreError> {
         if let InboundContent::Media(media) = &m.content {
             self.download_media(media).await;
         }
         let max_turns = self.settings.transcript_max_turns;
         let provider = self.provider;
-        let (_, fresh) = self
+        let (ctx, fresh) = self
             .contexts
             .update(&m.customer, |ctx| {
                 let session = ctx.whatsapp.get_or_insert(WhatsAppSession {
@@ -393,7 +402,7 @@ impl WhatsApp {
             })
             .await?;
         tracing::info!(customer = %m.customer, message_id = %m.message_id, kind = m.content.kind(), new = fresh, "whatsapp message received");
-        Ok(fresh)
+        Ok(fresh.then_some(ctx))
     }
 
     async fn download_media(&self, media: &crate::domain::InboundMedia) {
@@ -445,7 +454,7 @@ impl WhatsApp {
     }
 
     /// One agent answer to a burst of messages, sent through the planner.
-    async fn answer(&self, messages: Vec<InboundMessage>) {
+    async fn answer(&self, context: CustomerContext, messages: Vec<InboundMessage>) {
         let Some(last) = messages.last() else {
             return;
         };
@@ -465,14 +474,6 @@ impl WhatsApp {
         } else {
             AgentInput::Text {
                 text: texts.join("\n"),
-            }
-        };
-        let context = match self.contexts.get(&customer).await {
-            Ok(Some(ctx)) => ctx,
-            Ok(None) => return,
-            Err(err) => {
-                tracing::warn!(customer = %customer, error = %err, "cannot load the context to answer");
-                return;
             }
         };
         let request = AgentRequest {
