@@ -247,3 +247,52 @@ impl Inbox for EmbeddedInbox {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{DeliveryStatus, StatusUpdate};
+
+    fn entry(keys: &[&str], partition: &str) -> NewEntry {
+        NewEntry {
+            dedupe_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            partition: partition.into(),
+            event: InboxEvent::Status(StatusUpdate {
+                message_id: "m".into(),
+                status: DeliveryStatus::Sent,
+                customer: None,
+                at: chrono::Utc::now(),
+                error_code: None,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_is_claimed_once_even_within_one_delivery_and_after_completion() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = EmbeddedInbox::new(EmbeddedDb::open(dir.path()).unwrap())
+            .await
+            .unwrap();
+        let out = inbox
+            .append(vec![
+                entry(&["eg:1", "msg:a"], "p1"),
+                entry(&["eg:2", "msg:a"], "p1"),
+                entry(&["eg:3"], "p2"),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(out[0], Appended::Fresh(_)));
+        assert_eq!(out[1], Appended::Duplicate);
+        assert!(matches!(out[2], Appended::Fresh(_)));
+
+        let pending = inbox.pending(10).await.unwrap();
+        assert_eq!(pending.len(), 2);
+        assert!(pending[0].seq < pending[1].seq);
+        inbox.complete(vec![pending[0].key()]).await.unwrap();
+        assert_eq!(inbox.pending(10).await.unwrap().len(), 1);
+
+        // A redelivery after completion is still a duplicate (the key outlives the entry).
+        let again = inbox.append(vec![entry(&["eg:1"], "p1")]).await.unwrap();
+        assert_eq!(again, vec![Appended::Duplicate]);
+    }
+}
