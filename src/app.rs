@@ -12,13 +12,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::acs::AcsClient;
 use crate::agent::Agent;
-use crate::agent::basic::BasicAgent;
+use crate::agent::scripted::ScriptedAgent;
+use crate::agent::summary::ExtractiveSummariser;
 use crate::config::Settings;
+use crate::handoff::adapters::{ProviderCallControl, WhatsAppContinuation};
+use crate::handoff::tools::ToolServices;
+use crate::handoff::wait_time::{FixedWait, HttpWait, WaitTimeSource};
+use crate::handoff::{HandoffService, SUMMARY_MAX_CHARS};
 use crate::store::cached::CachedContextStore;
 use crate::store::cosmos::CosmosStore;
 use crate::store::cosmos_whatsapp::{CosmosInbox, CosmosMessageLog};
 use crate::store::embedded::EmbeddedDb;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::handoffs::HandoffStore;
 use crate::store::inbox::{EmbeddedInbox, Inbox};
 use crate::store::media::FileMediaStore;
 use crate::store::messages::{EmbeddedMessageLog, MessageLog};
@@ -35,6 +41,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     pub agent: Arc<dyn Agent>,
     pub whatsapp: Arc<crate::whatsapp::WhatsApp>,
+    pub voice: Arc<crate::voice::VoiceService>,
+    pub handoff: Arc<HandoffService>,
 }
 
 /// Replaces the inbox port with a wrapper around it.
@@ -44,6 +52,8 @@ pub type WrapInbox = Box<dyn FnOnce(Arc<dyn Inbox>) -> Arc<dyn Inbox> + Send>;
 #[derive(Default)]
 pub struct Hooks {
     pub wrap_inbox: Option<WrapInbox>,
+    /// Replaces the configured agent (e.g. the echoing `BasicAgent` for channel mechanics).
+    pub agent: Option<Arc<dyn Agent>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +67,14 @@ pub enum StartupError {
     },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("cannot set up the agent: {0}")]
+    Agent(String),
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(reqwest::Error),
     #[error("cannot set up ACS: {0}")]
     Acs(#[from] crate::acs::AcsError),
+    #[error("cannot set up voice: {0}")]
+    Voice(String),
 }
 
 /// A built service, bound to its port, not yet serving.
@@ -76,8 +90,9 @@ impl App {
         Self::build_with(settings, Hooks::default()).await
     }
 
-    pub async fn build_with(settings: Settings, hooks: Hooks) -> Result<Self, StartupError> {
+    pub async fn build_with(settings: Settings, mut hooks: Hooks) -> Result<Self, StartupError> {
         let stores = build_stores(&settings)?;
+        crate::telemetry::metrics();
         if settings.webhooks.event_grid_secret.is_none() {
             tracing::warn!(
                 "EVENT_GRID_SECRET is not set: Event Grid webhooks accept unauthenticated requests"
@@ -89,19 +104,44 @@ impl App {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(StartupError::HttpClient)?;
-        let agent: Arc<dyn Agent> = Arc::new(BasicAgent);
+        let (agent, summariser) = build_agent(&settings, &http, hooks.agent.take())?;
         let addr = SocketAddr::new(settings.host, settings.port);
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let settings = Arc::new(settings);
         let whatsapp = build_whatsapp(&settings, &stores, &http, agent.clone(), hooks).await?;
+        let voice = crate::voice::build(settings.clone(), &stores, http.clone(), agent.clone())
+            .map_err(StartupError::Voice)?;
+        let handoff = Arc::new(HandoffService::new(
+            stores.handoffs.clone(),
+            stores.contexts.clone(),
+            stores.claims.clone(),
+            summariser,
+            Arc::new(WhatsAppContinuation(Arc::downgrade(&whatsapp))),
+            Arc::new(ProviderCallControl(voice.provider.clone())),
+            settings.handoff.clone(),
+        ));
+        let wait: Arc<dyn WaitTimeSource> = match &settings.handoff.queue_wait_url {
+            Some(url) => Arc::new(HttpWait::new(http.clone(), url.clone())),
+            None => Arc::new(FixedWait(settings.handoff.queue_wait_seconds)),
+        };
+        let tools = ToolServices {
+            contexts: stores.contexts.clone(),
+            wait,
+            handoff: handoff.clone(),
+            settings: Arc::new(settings.handoff.clone()),
+        };
+        let _ = voice.tools.set(tools.clone());
+        whatsapp.set_tools(tools);
         let state = AppState {
             settings,
             stores,
             http,
             agent,
             whatsapp,
+            voice,
+            handoff,
         };
         let app = Self {
             state,
@@ -196,20 +236,24 @@ pub async fn shutdown_signal() {
 pub fn build_stores(settings: &Settings) -> Result<Stores, StoreError> {
     let mut health: Vec<Arc<dyn HealthCheck>> = Vec::new();
     let mut embedded = None;
-    let (durable, durable_claims): (Arc<dyn ContextStore>, Arc<dyn ClaimStore>) =
-        match &settings.cosmos {
-            Some(cosmos) => {
-                let store = Arc::new(CosmosStore::new(cosmos)?);
-                health.push(store.clone());
-                (store.clone(), store)
-            }
-            None => {
-                let store = Arc::new(EmbeddedStore::open(&settings.data_dir)?);
-                health.push(store.clone());
-                embedded = Some(store.db().clone());
-                (store.clone(), store)
-            }
-        };
+    type Durable = (
+        Arc<dyn ContextStore>,
+        Arc<dyn ClaimStore>,
+        Arc<dyn HandoffStore>,
+    );
+    let (durable, durable_claims, handoffs): Durable = match &settings.cosmos {
+        Some(cosmos) => {
+            let store = Arc::new(CosmosStore::new(cosmos)?);
+            health.push(store.clone());
+            (store.clone(), store.clone(), store)
+        }
+        None => {
+            let store = Arc::new(EmbeddedStore::open(&settings.data_dir)?);
+            health.push(store.clone());
+            embedded = Some(store.db().clone());
+            (store.clone(), store.clone(), store)
+        }
+    };
     let (contexts, claims): (Arc<dyn ContextStore>, Arc<dyn ClaimStore>) = match &settings.redis_url
     {
         Some(url) => {
@@ -228,6 +272,7 @@ pub fn build_stores(settings: &Settings) -> Result<Stores, StoreError> {
     };
     Ok(Stores {
         contexts: Contexts::new(contexts),
+        handoffs,
         claims,
         health,
         embedded,
@@ -289,9 +334,51 @@ async fn build_whatsapp(
 /// How often expired embedded claims are purged.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The agent and summariser: a model when one is configured, the scripted agent otherwise.
+fn build_agent(
+    settings: &Settings,
+    http: &reqwest::Client,
+    replacement: Option<Arc<dyn Agent>>,
+) -> Result<crate::agent::openai::ModelPorts, StartupError> {
+    let model = crate::agent::openai::from_settings(&settings.agent, http.clone())
+        .map_err(|e| StartupError::Agent(e.to_string()))?;
+    let (agent, summariser): crate::agent::openai::ModelPorts = match model {
+        Some(ports) => ports,
+        None => (
+            Arc::new(ScriptedAgent),
+            Arc::new(ExtractiveSummariser::new(SUMMARY_MAX_CHARS)),
+        ),
+    };
+    Ok((replacement.unwrap_or(agent), summariser))
+}
+
+/// How often the recovery worker looks for sagas a crashed replica left unfinished, and how
+/// long a saga must have been idle before it is taken over.
+pub const RECOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Starts the workers every deployment runs.
 pub fn spawn_standard_workers(app: &App) {
     crate::whatsapp::spawn_workers(app, app.state().whatsapp.clone());
+    let registry = app.state().voice.registry.clone();
+    app.spawn_worker("call-events", move |cancel| async move {
+        registry.run(cancel).await;
+    });
+    let handoff = app.state().handoff.clone();
+    let idle = app.state().settings.handoff.goodbye_timeout * 2;
+    app.spawn_worker("handoff-recovery", move |cancel| async move {
+        let mut tick = tokio::time::interval(RECOVERY_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => match handoff.recover(idle).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(sagas = n, "resumed unfinished handoffs"),
+                    Err(err) => tracing::warn!(error = %err, "handoff recovery failed"),
+                },
+            }
+        }
+    });
     let claims = app.state().stores.claims.clone();
     app.spawn_worker("maintenance", move |cancel| async move {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);

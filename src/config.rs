@@ -128,6 +128,64 @@ pub enum BargeIn {
     Audio,
 }
 
+/// Which model answers, and how to reach it.
+#[derive(Debug, Clone)]
+pub enum AgentBackend {
+    /// The offline, deterministic scripted agent (the default).
+    Scripted,
+    /// Azure OpenAI: `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=…`,
+    /// with `api-key` when a key is set, otherwise an Entra token (managed identity).
+    AzureOpenAi {
+        endpoint: String,
+        deployment: String,
+        api_version: String,
+        api_key: Option<Secret<String>>,
+        managed_identity_client_id: Option<String>,
+    },
+    /// Any OpenAI-compatible server (`OPENAI_BASE_URL`, default https://api.openai.com/v1).
+    OpenAi {
+        base_url: String,
+        api_key: Secret<String>,
+        model: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub backend: AgentBackend,
+    /// Upper bound on one model request (first token to last).
+    pub request_timeout: Duration,
+    /// Attempts for a model request that fails transiently.
+    pub max_attempts: u32,
+}
+
+/// What the agent does when a long wait falls outside business hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutsideHours {
+    /// Offer WhatsApp and say when replies will come.
+    OfferWithNotice,
+    /// Do not offer.
+    NoOffer,
+}
+
+#[derive(Debug, Clone)]
+pub struct HandoffSettings {
+    /// A fixed wait estimate (`QUEUE_WAIT_SECONDS`), used when no URL is set.
+    pub queue_wait_seconds: u64,
+    /// An HTTP endpoint answering the current wait in seconds (`QUEUE_WAIT_URL`).
+    pub queue_wait_url: Option<String>,
+    /// Offer WhatsApp when the wait is over this.
+    pub wait_threshold: Duration,
+    pub business_hours: crate::domain::BusinessHours,
+    pub outside_hours: OutsideHours,
+    /// How long to wait for `PlayCompleted` of the goodbye before hanging up anyway.
+    pub goodbye_timeout: Duration,
+    /// The template that continues the conversation, and whether it has a quick-reply button
+    /// whose payload should carry the handoff id.
+    pub template_name: String,
+    pub template_has_button: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Address to bind; `0.0.0.0` by default so that the container is reachable.
@@ -152,6 +210,11 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub whatsapp: WhatsAppSettings,
     pub voice: VoiceSettings,
+    pub agent: AgentSettings,
+    pub handoff: HandoffSettings,
+    /// Key for the admin API (`x-api-key` or `Authorization: Bearer`). Unset: admin routes
+    /// answer only requests from loopback.
+    pub admin_api_key: Option<Secret<String>>,
 }
 
 /// Every variable the service reads, with whether it is optional. Kept next to the code that
@@ -283,6 +346,82 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "BARGE_IN",
         "`transcription` (default) or `audio`: what interrupts the agent",
     ),
+    (
+        "AZURE_OPENAI_ENDPOINT",
+        "Azure OpenAI endpoint; unset = scripted agent (or OPENAI_API_KEY)",
+    ),
+    (
+        "AZURE_OPENAI_DEPLOYMENT",
+        "Azure OpenAI chat deployment (required with the endpoint)",
+    ),
+    (
+        "AZURE_OPENAI_API_VERSION",
+        "Azure OpenAI api-version (default 2024-10-21)",
+    ),
+    (
+        "AZURE_OPENAI_API_KEY",
+        "Azure OpenAI key; unset = Entra ID (managed identity)",
+    ),
+    (
+        "OPENAI_API_KEY",
+        "key for OpenAI or an OpenAI-compatible server",
+    ),
+    (
+        "OPENAI_BASE_URL",
+        "OpenAI-compatible base URL (default https://api.openai.com/v1)",
+    ),
+    (
+        "OPENAI_MODEL",
+        "model for OpenAI-compatible servers (default gpt-4o-mini)",
+    ),
+    (
+        "AGENT_TIMEOUT_SECS",
+        "upper bound on one model request (default 20)",
+    ),
+    (
+        "AGENT_MAX_ATTEMPTS",
+        "attempts for a transiently failing model request (default 3)",
+    ),
+    (
+        "QUEUE_WAIT_SECONDS",
+        "fixed estimated wait in seconds (default 300)",
+    ),
+    (
+        "QUEUE_WAIT_URL",
+        "HTTP endpoint answering the current wait in seconds",
+    ),
+    (
+        "HANDOFF_WAIT_THRESHOLD_SECS",
+        "offer WhatsApp when the wait is over this (default 120)",
+    ),
+    (
+        "BUSINESS_HOURS",
+        "opening hours, e.g. `mon-fri 09:00-17:00; sat 10:00-14:00` (default always open)",
+    ),
+    (
+        "BUSINESS_HOURS_TZ",
+        "time zone of BUSINESS_HOURS, e.g. Europe/London (default UTC)",
+    ),
+    (
+        "OUTSIDE_HOURS",
+        "`offer` (default: offer and say when replies come) or `no_offer`",
+    ),
+    (
+        "GOODBYE_HANGUP_TIMEOUT_SECS",
+        "hang up this long after the goodbye if PlayCompleted never comes (default 10)",
+    ),
+    (
+        "HANDOFF_TEMPLATE_NAME",
+        "the continuation template (default conversation_continuation)",
+    ),
+    (
+        "HANDOFF_TEMPLATE_HAS_BUTTON",
+        "whether it has a quick-reply button carrying the handoff id (default false)",
+    ),
+    (
+        "ADMIN_API_KEY",
+        "admin API key; unset = admin routes answer loopback only",
+    ),
 ];
 
 impl Settings {
@@ -318,6 +457,8 @@ impl Settings {
             None => format!("http://localhost:{port}"),
         };
         let acs = acs_settings(&env)?;
+        let agent = agent_settings(&env)?;
+        let handoff = handoff_settings(&env)?;
         Ok(Self {
             host: env.parse("HOST", "an IP address", "0.0.0.0".parse().ok())?,
             port,
@@ -404,6 +545,9 @@ impl Settings {
                     }
                 },
             },
+            agent,
+            handoff,
+            admin_api_key: env.string("ADMIN_API_KEY").map(Secret::new),
         })
     }
 
@@ -457,6 +601,100 @@ impl Env<'_> {
     fn millis(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
         self.parse_min(var, default, 0).map(Duration::from_millis)
     }
+}
+
+fn agent_settings(env: &Env) -> Result<AgentSettings, ConfigError> {
+    let backend = if let Some(endpoint) = env.string("AZURE_OPENAI_ENDPOINT") {
+        AgentBackend::AzureOpenAi {
+            endpoint: parse_url("AZURE_OPENAI_ENDPOINT", &endpoint, &["https", "http"])?,
+            deployment: env.string("AZURE_OPENAI_DEPLOYMENT").ok_or_else(|| {
+                ConfigError::new(
+                    "AZURE_OPENAI_DEPLOYMENT",
+                    "is required when AZURE_OPENAI_ENDPOINT is set",
+                )
+            })?,
+            api_version: env
+                .string("AZURE_OPENAI_API_VERSION")
+                .unwrap_or_else(|| "2024-10-21".into()),
+            api_key: env
+                .string("AZURE_OPENAI_API_KEY")
+                .or_else(|| env.string("OPENAI_API_KEY"))
+                .map(Secret::new),
+            managed_identity_client_id: env.string("AZURE_CLIENT_ID"),
+        }
+    } else if let Some(api_key) = env.string("OPENAI_API_KEY") {
+        let base_url = match env.string("OPENAI_BASE_URL") {
+            Some(url) => parse_url("OPENAI_BASE_URL", &url, &["https", "http"])?,
+            None => "https://api.openai.com/v1".into(),
+        };
+        AgentBackend::OpenAi {
+            base_url,
+            api_key: Secret::new(api_key),
+            model: env
+                .string("OPENAI_MODEL")
+                .unwrap_or_else(|| "gpt-4o-mini".into()),
+        }
+    } else {
+        AgentBackend::Scripted
+    };
+    Ok(AgentSettings {
+        backend,
+        request_timeout: env.seconds("AGENT_TIMEOUT_SECS", 20, 1)?,
+        max_attempts: env.parse_min("AGENT_MAX_ATTEMPTS", 3, 1)?,
+    })
+}
+
+fn handoff_settings(env: &Env) -> Result<HandoffSettings, ConfigError> {
+    let business_hours = match (
+        env.string("BUSINESS_HOURS"),
+        env.string("BUSINESS_HOURS_TZ"),
+    ) {
+        (None, _) => crate::domain::BusinessHours::always_open(),
+        (Some(spec), tz) => {
+            crate::domain::BusinessHours::parse(tz.as_deref().unwrap_or("UTC"), &spec).map_err(
+                |e| {
+                    let var = if matches!(e, crate::domain::BusinessHoursError::TimeZone(_)) {
+                        "BUSINESS_HOURS_TZ"
+                    } else {
+                        "BUSINESS_HOURS"
+                    };
+                    ConfigError::new(var, e.to_string())
+                },
+            )?
+        }
+    };
+    Ok(HandoffSettings {
+        queue_wait_seconds: env.parse(
+            "QUEUE_WAIT_SECONDS",
+            "a whole number of seconds",
+            Some(300),
+        )?,
+        queue_wait_url: env
+            .string("QUEUE_WAIT_URL")
+            .map(|u| parse_url("QUEUE_WAIT_URL", &u, &["http", "https"]))
+            .transpose()?,
+        wait_threshold: env.seconds("HANDOFF_WAIT_THRESHOLD_SECS", 120, 0)?,
+        business_hours,
+        outside_hours: match env.string("OUTSIDE_HOURS").as_deref() {
+            None | Some("offer") => OutsideHours::OfferWithNotice,
+            Some("no_offer") | Some("none") => OutsideHours::NoOffer,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "OUTSIDE_HOURS",
+                    format!("`{other}` is not `offer` or `no_offer`"),
+                ));
+            }
+        },
+        goodbye_timeout: env.seconds("GOODBYE_HANGUP_TIMEOUT_SECS", 10, 1)?,
+        template_name: env
+            .string("HANDOFF_TEMPLATE_NAME")
+            .unwrap_or_else(|| "conversation_continuation".into()),
+        template_has_button: env.parse(
+            "HANDOFF_TEMPLATE_HAS_BUTTON",
+            "true or false",
+            Some(false),
+        )?,
+    })
 }
 
 /// `ACS_CONNECTION_STRING` (HMAC) wins over `ACS_ENDPOINT` (managed identity).

@@ -18,10 +18,16 @@ struct Cli {
 enum Command {
     /// Run the service (settings from the environment; see README).
     Serve,
+    /// Play the whole story locally (call, offer, yes, template, hang-up, WhatsApp reply) and
+    /// print what happens on both channels. Needs no configuration and no network.
+    Demo,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Demo = cli.command {
+        return demo();
+    }
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(err) => {
@@ -39,6 +45,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
+            Command::Demo => unreachable!("handled above"),
             Command::Serve => {
                 let app = App::build(settings).await?;
                 // One plain line on stdout for operators and scripts (the port may be 0).
@@ -53,6 +60,27 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::error!(error = %err, "handoff stopped with an error");
             eprintln!("handoff: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo() -> ExitCode {
+    // Quiet by default: the demo prints its own transcript; RUST_LOG shows the service's logs.
+    if std::env::var_os("RUST_LOG").is_some() {
+        handoff::telemetry::init(handoff::config::LogFormat::Human);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("handoff: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(handoff::demo::run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("handoff demo failed: {err}");
             ExitCode::FAILURE
         }
     }

@@ -3,6 +3,9 @@
 //! Log lines carry ids (call connection, message, handoff) and masked phone numbers
 //! (`CustomerId`'s `Display` masks), never secrets or message bodies.
 
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -24,4 +27,18 @@ pub fn init(format: LogFormat) {
             .with_current_span(false)
             .try_init(),
     };
+}
+
+/// The process-wide Prometheus recorder behind `GET /metrics`, installed on first use. Code
+/// records with the `metrics` macros (`metrics::counter!`, `metrics::histogram!`).
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; then ours renders nothing, which
+        // is visible at once on /metrics rather than a crash.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
 }

@@ -59,11 +59,7 @@ mod tests {
         let mut ctx =
             CustomerContext::new(CustomerId::parse_phone("+14255550123").unwrap(), Utc::now());
         ctx.display_name = Some("Ada Lovelace".into());
-        let ask = |channel, input| AgentRequest {
-            context: ctx.clone(),
-            channel,
-            input,
-        };
+        let ask = |channel, input| AgentRequest::new(ctx.clone(), channel, input);
         let (text, tools) = collect(&BasicAgent, ask(Channel::Voice, AgentInput::CallStarted))
             .await
             .unwrap();

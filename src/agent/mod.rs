@@ -2,10 +2,17 @@
 //! text and any tool calls. Both channels use it: the voice session speaks the text as it
 //! streams (sentence by sentence); the WhatsApp worker sends it as messages.
 //!
-//! Adapters: [`basic::BasicAgent`] (a minimal offline responder). The scripted and OpenAI
-//! agents plug in behind the same trait.
+//! Adapters: [`basic::BasicAgent`] (a minimal offline responder), [`scripted::ScriptedAgent`]
+//! (the offline default) and [`openai::OpenAiAgent`] (Azure OpenAI or any OpenAI-compatible
+//! server), whose prompts live in [`prompts`].
 
 pub mod basic;
+pub mod engine;
+pub mod openai;
+pub mod prompts;
+pub mod scripted;
+pub mod summary;
+pub mod tools;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -30,12 +37,34 @@ pub enum AgentInput {
     Other { description: String },
 }
 
-/// A request to the agent.
+/// A request to the agent. After the agent asked for tools, the engine calls it again with the
+/// same input and the tools' results, until it answers without asking for more.
 #[derive(Debug, Clone)]
 pub struct AgentRequest {
     pub context: CustomerContext,
     pub channel: Channel,
     pub input: AgentInput,
+    /// Results of the tool calls made earlier in this turn, in call order.
+    pub tool_results: Vec<ToolResult>,
+}
+
+impl AgentRequest {
+    pub fn new(context: CustomerContext, channel: Channel, input: AgentInput) -> Self {
+        Self {
+            context,
+            channel,
+            input,
+            tool_results: Vec::new(),
+        }
+    }
+}
+
+/// What a tool call produced, as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolResult {
+    pub call: ToolCall,
+    /// JSON the agent reads (e.g. `{"wait_seconds": 300}` or `{"error": "..."}`).
+    pub output: serde_json::Value,
 }
 
 /// A tool the agent asks the engine to run.
@@ -66,6 +95,10 @@ pub enum AgentError {
 pub trait Agent: Send + Sync + 'static {
     /// Streams the reply to `request`. The stream ends when the reply is complete.
     fn respond(&self, request: AgentRequest) -> BoxStream<'static, Result<AgentEvent, AgentError>>;
+
+    /// Prepares for a conversation that is about to start (open connections, load prompts), so
+    /// the first reply is not slowed by cold paths. Called before a call is answered.
+    async fn warm(&self) {}
 }
 
 /// Collects a whole reply: its text and its tool calls.

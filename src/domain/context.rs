@@ -50,6 +50,18 @@ pub struct Turn {
     /// offset), so that a redelivered input never becomes a second turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_id: Option<String>,
+    /// How long the agent took to answer this turn on a call (voice agent turns only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<TurnTimings>,
+}
+
+/// Stage timings of one spoken agent turn, from the caller's final transcript.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnTimings {
+    /// Final transcript received → the agent's first text.
+    pub agent_first_text_ms: u64,
+    /// Final transcript received → the first sentence's play requested.
+    pub play_requested_ms: u64,
 }
 
 impl Turn {
@@ -60,6 +72,7 @@ impl Turn {
             text: text.into(),
             at,
             source_id: None,
+            timings: None,
         }
     }
 
@@ -161,6 +174,10 @@ pub struct CustomerContext {
     /// appended here, so nothing the customer said is silently lost.
     #[serde(default)]
     pub summary: String,
+    /// The summary of the most recent call that moved to WhatsApp (template parameter {{2}});
+    /// the WhatsApp agent opens with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_summary: Option<String>,
     #[serde(default)]
     pub voice_sessions: Vec<VoiceSession>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,6 +205,7 @@ impl CustomerContext {
             locale: None,
             collected_data: BTreeMap::new(),
             summary: String::new(),
+            call_summary: None,
             voice_sessions: Vec::new(),
             whatsapp: None,
             transcript: Vec::new(),

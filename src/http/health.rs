@@ -20,6 +20,18 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// Prometheus text exposition of everything recorded with the `metrics` macros.
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::telemetry::metrics().render(),
+    )
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -32,6 +44,8 @@ pub struct Readiness {
     pub backends: Vec<BackendStatus>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failing: Vec<&'static str>,
+    /// Voice counters (media failures, live sessions): informative, never a reason to fail.
+    pub voice: crate::voice::stats::VoiceStatsSnapshot,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,6 +81,7 @@ pub async fn check_readiness(state: &AppState) -> Readiness {
         },
         backends,
         failing,
+        voice: state.voice.stats.snapshot(),
     }
 }
 
@@ -76,6 +91,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         StatusCode::OK
     } else {
         for backend in readiness.backends.iter().filter(|b| !b.ok) {
+            metrics::counter!("handoff_backend_unready_total", "backend" => backend.name)
+                .increment(1);
             tracing::warn!(
                 backend = backend.name,
                 error = backend.error.as_deref().unwrap_or(""),

@@ -2,8 +2,10 @@
 //! layers (request ids, tracing, timeout) are applied once. Handlers only translate between HTTP
 //! and a plain async function of a service.
 
+pub mod admin;
 pub mod error;
 pub mod health;
+pub mod voice;
 pub mod whatsapp;
 
 use axum::Router;
@@ -23,7 +25,9 @@ pub fn router(state: AppState) -> Router {
     let timeout = state.settings.request_timeout;
     Router::new()
         .merge(health::router())
+        .merge(admin::router(state.clone()))
         .merge(whatsapp::router(state.settings.webhooks.max_body_bytes))
+        .merge(voice::router())
         .fallback(not_found)
         .with_state(state)
         .layer(

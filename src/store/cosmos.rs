@@ -40,18 +40,21 @@ use azure_data_cosmos::options::{
 };
 use azure_data_cosmos::{
     AccountEndpoint, AccountReference, CosmosClient, CosmosClientBuilder, CosmosError,
-    CosmosRuntime, RoutingStrategy,
+    CosmosRuntime, FeedScope, Query, RoutingStrategy,
 };
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+use super::handoffs::HandoffStore;
 use super::{Claim, ClaimStore, ContextStore, HealthCheck, StoreError};
 use crate::config::CosmosSettings;
-use crate::domain::{CustomerContext, CustomerId, Version};
+use crate::domain::{CustomerContext, CustomerId, Handoff, HandoffId, Version};
 
 const BACKEND: &str = "cosmos";
 pub const CUSTOMERS_CONTAINER: &str = "customers";
 pub const CLAIMS_CONTAINER: &str = "claims";
+pub const HANDOFFS_CONTAINER: &str = "handoffs";
 const PARTITION_KEY_PATH: &str = "/customerId";
 
 /// How long a TCP connect may take. The SDK's default (5 s) is longer than readiness's 3 s
@@ -72,6 +75,7 @@ struct Ready {
     database: DatabaseClient,
     customers: ContainerClient,
     claims: ContainerClient,
+    handoffs: ContainerClient,
 }
 
 /// Cosmos DB context and claim store. Cheap to share behind an `Arc`; one SDK client each.
@@ -172,11 +176,15 @@ impl CosmosStore {
         let claims = self
             .container(&client, &database, CLAIMS_CONTAINER, TimeToLive::NoDefault)
             .await?;
+        let handoffs = self
+            .container(&client, &database, HANDOFFS_CONTAINER, TimeToLive::Forever)
+            .await?;
         tracing::info!(database = %self.database, "cosmos containers ready");
         Ok(Ready {
             database,
             customers,
             claims,
+            handoffs,
         })
     }
 
@@ -825,4 +833,171 @@ mod tests {
         assert!(CosmosStore::new(&settings("http://127.0.0.1:9")).is_ok());
         assert!(CosmosStore::new(&settings("not a url")).is_err());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handoffs: `{id, customerId, unfinished, createdAt, handoff}` in the `handoffs` container,
+// partitioned by customer. `unfinished` is denormalised so the recovery sweep can ask for
+// exactly the sagas it must drive. Cross-partition queries carry no ORDER BY (which would need
+// the SDK's query-plan rewriting); results are sorted here.
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HandoffDocOut<'a> {
+    id: &'a str,
+    customer_id: &'a str,
+    unfinished: bool,
+    created_at: i64,
+    handoff: &'a Handoff,
+}
+
+#[derive(Deserialize)]
+struct HandoffDocIn {
+    handoff: Handoff,
+    #[serde(rename = "_etag")]
+    etag: Option<String>,
+}
+
+impl HandoffDocIn {
+    fn into_handoff(self) -> Result<Handoff, StoreError> {
+        let mut handoff = self.handoff;
+        let etag = self
+            .etag
+            .ok_or_else(|| StoreError::backend(BACKEND, "handoff document without _etag"))?;
+        handoff.version = Some(Version::new(etag));
+        Ok(handoff)
+    }
+}
+
+fn handoff_doc<'a>(id: &'a str, handoff: &'a Handoff) -> HandoffDocOut<'a> {
+    HandoffDocOut {
+        id,
+        customer_id: handoff.customer_id.as_str(),
+        unfinished: handoff.unfinished(),
+        created_at: handoff.created_at.timestamp_millis(),
+        handoff,
+    }
+}
+
+impl CosmosStore {
+    async fn query_handoffs(
+        &self,
+        query: &str,
+        scope: FeedScope,
+    ) -> Result<Vec<Handoff>, StoreError> {
+        let ready = self.ready().await?;
+        let docs: Vec<HandoffDocIn> = ready
+            .handoffs
+            .query_items::<HandoffDocIn>(query, scope, None)
+            .await
+            .map_err(|e| map_error(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| map_error(&e))?;
+        let mut out = docs
+            .into_iter()
+            .map(HandoffDocIn::into_handoff)
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|h| std::cmp::Reverse(h.created_at));
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl HandoffStore for CosmosStore {
+    async fn get(&self, id: &HandoffId) -> Result<Option<Handoff>, StoreError> {
+        // The id alone does not name the partition: ask across partitions for one item.
+        let query = Query::from("SELECT * FROM c WHERE c.id = @id")
+            .with_parameter("@id", encode_id(id.as_str()))
+            .map_err(|e| map_error(&e))?;
+        let ready = self.ready().await?;
+        let docs: Vec<HandoffDocIn> = ready
+            .handoffs
+            .query_items::<HandoffDocIn>(query, FeedScope::full_container(), None)
+            .await
+            .map_err(|e| map_error(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| map_error(&e))?;
+        docs.into_iter()
+            .next()
+            .map(HandoffDocIn::into_handoff)
+            .transpose()
+    }
+
+    async fn create(&self, handoff: &Handoff) -> Result<Handoff, StoreError> {
+        let ready = self.ready().await?;
+        let id = encode_id(handoff.id.as_str());
+        let response = ready
+            .handoffs
+            .create_item(
+                handoff.customer_id.as_str().to_owned(),
+                &id,
+                &handoff_doc(&id, handoff),
+                None,
+            )
+            .await
+            .map_err(|err| match outcome(&err) {
+                Outcome::Conflict => StoreError::AlreadyExists,
+                _ => map_error(&err),
+            })?;
+        versioned_handoff(handoff, &response)
+    }
+
+    async fn replace(&self, handoff: &Handoff) -> Result<Handoff, StoreError> {
+        let Some(version) = &handoff.version else {
+            return Err(StoreError::Conflict);
+        };
+        let ready = self.ready().await?;
+        let id = encode_id(handoff.id.as_str());
+        let options = ItemWriteOptions::default()
+            .with_precondition(Precondition::if_match(version.as_str().to_owned()));
+        let response = ready
+            .handoffs
+            .replace_item(
+                handoff.customer_id.as_str().to_owned(),
+                &id,
+                &handoff_doc(&id, handoff),
+                Some(options),
+            )
+            .await
+            .map_err(|err| match outcome(&err) {
+                Outcome::PreconditionFailed => StoreError::Conflict,
+                Outcome::NotFound => StoreError::NotFound,
+                _ => map_error(&err),
+            })?;
+        versioned_handoff(handoff, &response)
+    }
+
+    async fn list(&self, limit: usize) -> Result<Vec<Handoff>, StoreError> {
+        let mut all = self
+            .query_handoffs("SELECT * FROM c", FeedScope::full_container())
+            .await?;
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn for_customer(&self, customer: &CustomerId) -> Result<Vec<Handoff>, StoreError> {
+        self.query_handoffs(
+            "SELECT * FROM c",
+            FeedScope::partition(customer.as_str().to_owned()),
+        )
+        .await
+    }
+
+    async fn unfinished(&self) -> Result<Vec<Handoff>, StoreError> {
+        self.query_handoffs(
+            "SELECT * FROM c WHERE c.unfinished = true",
+            FeedScope::full_container(),
+        )
+        .await
+    }
+}
+
+fn versioned_handoff(handoff: &Handoff, response: &ItemResponse) -> Result<Handoff, StoreError> {
+    let etag = etag_of(response)
+        .ok_or_else(|| StoreError::backend(BACKEND, "write response without an ETag"))?;
+    let mut handoff = handoff.clone();
+    handoff.version = Some(Version::new(etag));
+    Ok(handoff)
 }

@@ -41,7 +41,20 @@ pub struct EmbeddedDb {
 
 struct Inner {
     db: Arc<Database>,
-    jobs: mpsc::Sender<Job>,
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    /// Closing the queue ends the writer after its last batch; joining it releases the file
+    /// lock before the drop returns, so the same directory can be opened again at once.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl EmbeddedDb {
@@ -68,12 +81,16 @@ impl EmbeddedDb {
         }
         let (jobs, rx) = mpsc::channel::<Job>();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("embedded-writer".into())
             .spawn(move || writer_loop(&writer_db, &rx))
             .map_err(|e| StoreError::backend(BACKEND, e))?;
         Ok(Self {
-            inner: Arc::new(Inner { db, jobs }),
+            inner: Arc::new(Inner {
+                db,
+                jobs: Some(jobs),
+                writer: Some(writer),
+            }),
         })
     }
 
@@ -94,6 +111,8 @@ impl EmbeddedDb {
         });
         self.inner
             .jobs
+            .as_ref()
+            .ok_or_else(|| StoreError::unavailable(BACKEND, "closing"))?
             .send(job)
             .map_err(|_| StoreError::unavailable(BACKEND, "writer thread stopped"))?;
         rx.await.map_err(|_| {

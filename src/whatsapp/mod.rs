@@ -113,6 +113,9 @@ pub struct WhatsApp {
     sandbox: Option<Arc<sandbox::SandboxSender>>,
     templates: RwLock<TemplateRegistry>,
     dispatcher: worker::Dispatcher,
+    /// The agent's tools and the handoff saga; set once at start-up (the saga needs this
+    /// service to send its template, so it is built after it).
+    tools: std::sync::OnceLock<crate::handoff::tools::ToolServices>,
     sandbox_statuses: Mutex<Option<mpsc::UnboundedReceiver<StatusUpdate>>>,
     unknown_types: Mutex<HashMap<String, u64>>,
 }
@@ -161,6 +164,7 @@ impl WhatsApp {
             sandbox,
             templates,
             dispatcher: worker::Dispatcher::default(),
+            tools: std::sync::OnceLock::new(),
             sandbox_statuses: Mutex::new(Some(status_rx)),
             unknown_types: Mutex::new(HashMap::new()),
             settings,
@@ -336,6 +340,15 @@ impl WhatsApp {
         sent.pop().ok_or(SendError::Sender(SenderError::Unavailable(
             "nothing sent".into(),
         )))
+    }
+
+    /// Gives the worker the agent's tools and the handoff saga (once, at start-up).
+    pub fn set_tools(&self, tools: crate::handoff::tools::ToolServices) {
+        let _ = self.tools.set(tools);
+    }
+
+    pub(crate) fn tools(&self) -> Option<&crate::handoff::tools::ToolServices> {
+        self.tools.get()
     }
 
     /// The customer's conversation, both directions, in order.

@@ -13,11 +13,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Initiation, WhatsApp};
-use crate::agent::{AgentInput, AgentRequest};
+use crate::agent::engine::{ToolHost, ToolOutcome, run_turn};
+use crate::agent::tools::ToolRequest;
+use crate::agent::{AgentInput, AgentRequest, ToolCall};
+use crate::domain::DeliveryStatus;
 use crate::domain::{
-    Channel, CustomerContext, Direction, InboundContent, InboundMessage, MessageRecord,
-    OutboundMessage, Role, StatusUpdate, Turn, WhatsAppSession,
+    Channel, Direction, InboundContent, InboundMessage, MessageRecord, OutboundMessage, Role,
+    StatusUpdate, Turn, WhatsAppSession,
 };
+use crate::handoff::tools::ConversationTools;
 use crate::store::StoreError;
 use crate::store::inbox::{EntryKey, InboxEntry, InboxEvent, NewEntry};
 
@@ -263,8 +267,6 @@ impl WhatsApp {
     async fn handle_batch(&self, partition: &str, batch: Vec<InboxEntry>) {
         let mut handled = Vec::new();
         let mut new_messages = Vec::new();
-        // The context as the last new message left it: what the agent answers with.
-        let mut context = None;
         let mut pending: VecDeque<InboxEntry> = batch.into();
         let mut rounds = 0;
         loop {
@@ -272,9 +274,7 @@ impl WhatsApp {
                 let seq = entry.seq;
                 let key = entry.key();
                 let permit = self.dispatcher.permits.acquire().await;
-                let handled_entry = self
-                    .handle_entry(entry, &mut new_messages, &mut context)
-                    .await;
+                let handled_entry = self.handle_entry(entry, &mut new_messages).await;
                 drop(permit);
                 match handled_entry {
                     Ok(()) => handled.push(key),
@@ -302,9 +302,9 @@ impl WhatsApp {
             }
             pending.extend(more);
         }
-        if let (false, Some(context)) = (new_messages.is_empty(), context) {
+        if !new_messages.is_empty() {
             let _permit = self.dispatcher.permits.acquire().await;
-            self.answer(context, new_messages).await;
+            self.answer(new_messages).await;
         }
         self.finish(&handled).await;
     }
@@ -327,13 +327,11 @@ impl WhatsApp {
         &self,
         entry: InboxEntry,
         new_messages: &mut Vec<InboundMessage>,
-        context: &mut Option<CustomerContext>,
     ) -> Result<(), StoreError> {
         match entry.event {
             InboxEvent::Message(m) => {
-                if let Some(ctx) = self.apply_inbound(&m).await? {
+                if self.apply_inbound(&m).await? {
                     new_messages.push(m);
-                    *context = Some(ctx);
                 }
                 Ok(())
             }
@@ -341,18 +339,15 @@ impl WhatsApp {
         }
     }
 
-    /// Records an inbound message on the context and the message log. Returns the updated
-    /// context when the message was new (a redelivery after a crash is not answered twice).
-    async fn apply_inbound(
-        &self,
-        m: &InboundMessage,
-    ) -> Result<Option<CustomerContext>, StoreError> {
+    /// Records an inbound message on the context and the message log. Returns whether it was
+    /// new (a redelivery after a crash is not answered twice).
+    async fn apply_inbound(&self, m: &InboundMessage) -> Result<bool, StoreError> {
         if let InboundContent::Media(media) = &m.content {
             self.download_media(media).await;
         }
         let max_turns = self.settings.transcript_max_turns;
         let provider = self.provider;
-        let (ctx, fresh) = self
+        let (_, fresh) = self
             .contexts
             .update(&m.customer, |ctx| {
                 let session = ctx.whatsapp.get_or_insert(WhatsAppSession {
@@ -377,6 +372,11 @@ impl WhatsApp {
                     session.last_inbound_at = Some(m.received_at);
                 }
                 session.window_closed_at = None;
+                match opt_keyword(&m.content) {
+                    Some(OptKeyword::Stop) => ctx.opted_out = true,
+                    Some(OptKeyword::Start) => ctx.opted_out = false,
+                    None => {}
+                }
                 ctx.push_turn(
                     Turn::new(
                         Channel::Whatsapp,
@@ -402,7 +402,18 @@ impl WhatsApp {
             })
             .await?;
         tracing::info!(customer = %m.customer, message_id = %m.message_id, kind = m.content.kind(), new = fresh, "whatsapp message received");
-        Ok(fresh.then_some(ctx))
+        if fresh && let Some(tools) = self.tools() {
+            // The first message after a handoff resumes it: by the quick-reply payload (the
+            // handoff id) when there is one, by customer otherwise.
+            let payload = match &m.content {
+                InboundContent::ButtonTap { payload, .. } => Some(payload.as_str()),
+                _ => None,
+            };
+            if let Err(err) = tools.handoff.on_customer_reply(&m.customer, payload).await {
+                tracing::warn!(customer = %m.customer, error = %err, "cannot record the handoff as resumed");
+            }
+        }
+        Ok(fresh)
     }
 
     async fn download_media(&self, media: &crate::domain::InboundMedia) {
@@ -440,6 +451,25 @@ impl WhatsApp {
             return Ok(());
         };
         tracing::info!(message_id = %message_id, status = ?status, error_code = ?record.error_code, "whatsapp delivery status");
+        if let (Some(tools), Some(customer)) = (
+            self.tools(),
+            record.customer.as_ref().or(reported_customer.as_ref()),
+        ) {
+            let delivery = match record.status {
+                Some(DeliveryStatus::Delivered) => Some(crate::handoff::Delivery::Delivered),
+                Some(DeliveryStatus::Read) => Some(crate::handoff::Delivery::Read),
+                Some(DeliveryStatus::Failed) => Some(crate::handoff::Delivery::Failed {
+                    code: record.error_code.clone(),
+                }),
+                _ => None,
+            };
+            if let Some(delivery) = delivery
+                && let Some(h) = tools.handoff.by_message_id(customer, &message_id).await?
+                && let Err(err) = tools.handoff.on_delivery(&h.id, delivery).await
+            {
+                tracing::warn!(handoff_id = %h.id, error = %err, "cannot apply the delivery status to the handoff");
+            }
+        }
         if closes && let Some(customer) = record.customer.or(reported_customer) {
             self.contexts
                 .update(&customer, |ctx| {
@@ -454,7 +484,7 @@ impl WhatsApp {
     }
 
     /// One agent answer to a burst of messages, sent through the planner.
-    async fn answer(&self, context: CustomerContext, messages: Vec<InboundMessage>) {
+    async fn answer(&self, messages: Vec<InboundMessage>) {
         let Some(last) = messages.last() else {
             return;
         };
@@ -476,16 +506,38 @@ impl WhatsApp {
                 text: texts.join("\n"),
             }
         };
-        let request = AgentRequest {
-            context,
-            channel: Channel::Whatsapp,
-            input,
-        };
-        let reply = match crate::agent::collect(self.agent.as_ref(), request).await {
-            Ok((text, _tools)) => text,
+        let context = match self.contexts.get(&customer).await {
+            Ok(Some(ctx)) => ctx,
+            Ok(None) => return,
             Err(err) => {
-                tracing::warn!(customer = %customer, error = %err, "agent failed to answer");
+                tracing::warn!(customer = %customer, error = %err, "cannot load the context to answer");
                 return;
+            }
+        };
+        let reply = match messages.last().and_then(|m| opt_keyword(&m.content)) {
+            Some(OptKeyword::Stop) => OPTED_OUT_REPLY.to_owned(),
+            Some(OptKeyword::Start) => OPTED_IN_REPLY.to_owned(),
+            None => {
+                let request = AgentRequest::new(context, Channel::Whatsapp, input);
+                let turn = match self.tools() {
+                    Some(services) => {
+                        let tools = ConversationTools::new(
+                            services.clone(),
+                            Channel::Whatsapp,
+                            customer.clone(),
+                            None,
+                        );
+                        run_turn(self.agent.as_ref(), &tools, request, &mut |_| {}).await
+                    }
+                    None => run_turn(self.agent.as_ref(), &NoTools, request, &mut |_| {}).await,
+                };
+                match turn {
+                    Ok(outcome) => outcome.text,
+                    Err(err) => {
+                        tracing::warn!(customer = %customer, error = %err, "agent failed to answer");
+                        return;
+                    }
+                }
             }
         };
         if reply.trim().is_empty() {
@@ -534,5 +586,69 @@ impl Dispatcher {
             .get_mut(partition)
             .map(|q| q.drain(..).collect())
             .unwrap_or_default()
+    }
+}
+
+/// What a customer says to stop (or restart) business messages on WhatsApp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OptKeyword {
+    Stop,
+    Start,
+}
+
+const OPTED_OUT_REPLY: &str =
+    "You won't receive further messages from us here. Reply START if you change your mind.";
+const OPTED_IN_REPLY: &str = "Welcome back. We'll message you here again.";
+
+/// A message that is exactly an opt-out or opt-in keyword (case, spaces and punctuation aside).
+fn opt_keyword(content: &InboundContent) -> Option<OptKeyword> {
+    let text = match content {
+        InboundContent::Text { text } => text,
+        InboundContent::ButtonTap { text, .. } => text,
+        _ => return None,
+    };
+    let word: String = text
+        .trim()
+        .trim_matches(|c: char| !c.is_alphanumeric())
+        .to_ascii_uppercase();
+    match word.as_str() {
+        "STOP" | "UNSUBSCRIBE" | "STOP ALL" | "OPT OUT" | "OPTOUT" | "CANCEL" => {
+            Some(OptKeyword::Stop)
+        }
+        "START" | "SUBSCRIBE" | "UNSTOP" | "OPT IN" => Some(OptKeyword::Start),
+        _ => None,
+    }
+}
+
+/// Without the saga wired (never in the app; only if the worker runs alone), tools answer
+/// that they are unavailable.
+struct NoTools;
+
+#[async_trait::async_trait]
+impl ToolHost for NoTools {
+    async fn run(&self, _request: ToolRequest, _call: &ToolCall) -> ToolOutcome {
+        ToolOutcome::output(serde_json::json!({"error": "tools are not available"}))
+    }
+}
+
+#[cfg(test)]
+mod opt_tests {
+    use super::*;
+
+    #[test]
+    fn stop_and_start_are_recognised_only_on_their_own() {
+        let text = |t: &str| InboundContent::Text { text: t.into() };
+        assert_eq!(opt_keyword(&text("STOP")), Some(OptKeyword::Stop));
+        assert_eq!(opt_keyword(&text(" stop. ")), Some(OptKeyword::Stop));
+        assert_eq!(opt_keyword(&text("Unsubscribe")), Some(OptKeyword::Stop));
+        assert_eq!(opt_keyword(&text("start")), Some(OptKeyword::Start));
+        assert_eq!(opt_keyword(&text("please don't stop the crew")), None);
+        assert_eq!(
+            opt_keyword(&InboundContent::Reaction {
+                message_id: "m".into(),
+                emoji: "🛑".into()
+            }),
+            None
+        );
     }
 }

@@ -4,10 +4,17 @@
 //! Cosmos DB-compatible server started per test (see `support::services`); remote HTTP APIs are
 //! faked at the wire. Run everything with `scripts/test`, which installs those servers.
 
+mod admin;
 mod cosmos;
+mod handoff_store;
+mod handoff_story;
+mod infra_contract;
+mod openai;
 mod serve;
 mod store_contract;
 mod support;
+mod voice;
+mod voice_registry;
 mod whatsapp;
 mod whatsapp_load;
 mod whatsapp_outbound;

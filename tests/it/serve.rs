@@ -147,3 +147,56 @@ async fn unknown_routes_get_our_json_error() {
     assert_eq!(body["error"]["code"], "not_found");
     app.stop().await;
 }
+
+/// A stopped app lets go of its store: the same data directory opens again at once (no
+/// reference cycle or stray task keeps it).
+#[tokio::test]
+async fn a_stopped_app_releases_its_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = handoff::config::Settings::embedded(dir.path());
+    settings.host = "127.0.0.1".parse().unwrap();
+    settings.port = 0;
+    let app = TestApp::start(settings).await;
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    app.stop().await;
+    handoff::store::embedded::EmbeddedStore::open(dir.path()).expect("released");
+}
+
+/// `handoff demo` plays the whole story and exits 0 only when every step happened.
+#[tokio::test]
+async fn the_demo_tells_the_whole_story() {
+    let output = tokio::task::spawn_blocking(|| {
+        Command::new(env!("CARGO_BIN_EXE_handoff"))
+            .arg("demo")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    for expected in [
+        "Microsoft.Communication.IncomingCall",
+        "Would you like to continue on WhatsApp instead?",
+        "caller    Yes, WhatsApp is fine.",
+        "template conversation_continuation {{1}}=\"Ada\" {{2}}=\"You told us: My power has been out",
+        "hung up",
+        "whatsapp  agent     Hi Ada, thanks for continuing here after your call",
+        "template_sent",
+        "call_ended",
+        "resumed",
+        "Every step of the story happened.",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("+14255550123"),
+        "the demo prints masked numbers only"
+    );
+}

@@ -435,6 +435,7 @@ async fn whatsapp_store_down_answers_503_and_the_retried_delivery_is_processed_o
                 down: switch,
             })
         })),
+        ..Hooks::default()
     };
     let app = TestApp::spawn_hooked(quick, hooks).await;
     let batch = json!([text("e1", "m1", "are you there?")]);
@@ -472,6 +473,7 @@ async fn whatsapp_store_down_with_redis_releases_the_fast_path_claim() {
                 down: switch,
             })
         })),
+        ..Hooks::default()
     };
     let url = redis.url();
     let app = TestApp::spawn_hooked(

@@ -41,6 +41,16 @@ impl TestApp {
         app
     }
 
+    /// Embedded defaults with the echoing `BasicAgent` instead of the scripted agent: for tests
+    /// of channel mechanics, where replies must echo what the caller said.
+    pub async fn spawn_echo(configure: impl FnOnce(&mut Settings)) -> Self {
+        let hooks = Hooks {
+            agent: Some(std::sync::Arc::new(handoff::agent::basic::BasicAgent)),
+            ..Hooks::default()
+        };
+        Self::spawn_hooked(configure, hooks).await
+    }
+
     /// Exactly these settings (e.g. a second app on the same data directory).
     #[allow(dead_code)]
     pub async fn start(settings: Settings) -> Self {

@@ -6,3 +6,7 @@ pub mod services;
 
 #[allow(unused_imports)]
 pub use app::TestApp;
+#[allow(dead_code)]
+pub mod acs_socket;
+#[allow(dead_code)]
+pub mod fake_calling;

@@ -1,0 +1,75 @@
+//! The saga's two ports, implemented by the channels: WhatsApp sends the continuation template,
+//! the voice provider hangs up.
+
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+
+use super::{CallControl, ContinuationRequest, ContinuationSender, SendRefusal};
+use crate::voice::client::{VoiceError, VoiceProvider};
+use crate::whatsapp::{SendError, SenderError, WhatsApp};
+
+/// Sends the continuation template through the WhatsApp service. Holds it weakly: the service
+/// holds the saga (through its tools), and a strong reference back would keep both, and the
+/// store under them, alive forever.
+pub struct WhatsAppContinuation(pub Weak<WhatsApp>);
+
+#[async_trait]
+impl ContinuationSender for WhatsAppContinuation {
+    async fn send_continuation(
+        &self,
+        request: &ContinuationRequest,
+    ) -> Result<String, SendRefusal> {
+        let whatsapp = self
+            .0
+            .upgrade()
+            .ok_or_else(|| SendRefusal::Unavailable("the service is shutting down".into()))?;
+        let sent = whatsapp
+            .send_template(
+                &request.customer,
+                &request.template,
+                request.parameters.clone(),
+                request.button_payload.clone(),
+            )
+            .await;
+        match sent {
+            Ok(message) => Ok(message.message_id),
+            Err(err) => Err(match err {
+                SendError::OptedOut => SendRefusal::OptedOut,
+                SendError::NoAddress => SendRefusal::NoAddress,
+                SendError::Template(e) => SendRefusal::TemplateInvalid(e.to_string()),
+                SendError::Sender(SenderError::Rejected { code, message, .. }) => {
+                    SendRefusal::Rejected { code, message }
+                }
+                SendError::Sender(e) => SendRefusal::Unavailable(e.to_string()),
+                SendError::Store(e) => SendRefusal::Unavailable(e.to_string()),
+                other => SendRefusal::Rejected {
+                    code: "refused".into(),
+                    message: other.to_string(),
+                },
+            }),
+        }
+    }
+}
+
+/// Hangs calls up through whichever voice provider is configured.
+pub struct ProviderCallControl(pub Arc<dyn VoiceProvider>);
+
+#[async_trait]
+impl CallControl for ProviderCallControl {
+    async fn hang_up(&self, call_connection_id: &str) -> Result<(), String> {
+        match self.0.terminate(call_connection_id).await {
+            Ok(()) => Ok(()),
+            // The call is already gone: that is what we wanted.
+            Err(err) if is_gone(&err) => Ok(()),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+}
+
+fn is_gone(err: &VoiceError) -> bool {
+    matches!(
+        err,
+        VoiceError::Acs(crate::acs::AcsError::Rejected { status: 404, .. })
+    )
+}

@@ -1,0 +1,520 @@
+//! The handoff saga: from the caller's "yes" to the customer's first WhatsApp reply.
+//!
+//! Each step is persisted before the next side effect, so any replica can resume a saga that
+//! another one started (the recovery worker does so for sagas left unfinished by a crash):
+//!
+//! 1. Accepted: consent recorded with the caller's words (context + handoff).
+//! 2. Summarised: the call summary, fitted to WhatsApp's template parameter rules.
+//! 3. TemplateSent: `conversation_continuation` accepted by the provider. The send runs under a
+//!    lease claim and an idempotency key derived from the handoff id, so a retried or resumed
+//!    step never sends a second template.
+//! 4. GoodbyePlayed / CallEnded: the voice session says goodbye and hangs up only after step 3
+//!    (invariant 5); a hang-up claim makes sure it happens once.
+//! 5. Delivered / Read from delivery statuses; Failed with the WhatsApp code when delivery
+//!    fails; Resumed when the customer writes back.
+//!
+//! If the send is refused (window, template, opt-out, provider error after retries) the handoff
+//! fails with the reason and the caller stays on the line.
+
+pub mod adapters;
+pub mod tools;
+pub mod wait_time;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use crate::agent::engine::TurnAction;
+use crate::agent::summary::{ExtractiveSummariser, Summariser, extractive_summary};
+use crate::config::HandoffSettings;
+use crate::domain::{
+    Channel, ConsentRecord, CustomerContext, CustomerId, Handoff, HandoffFailure, HandoffId,
+    Milestone,
+};
+use crate::store::handoffs::{HandoffStore, update_handoff};
+use crate::store::{Claim, ClaimStore, Contexts, StoreError};
+
+/// Room for the template's own words around {{1}} and {{2}} within WhatsApp's 1024 limit.
+pub const SUMMARY_MAX_CHARS: usize = 700;
+
+/// What the saga asks WhatsApp to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContinuationRequest {
+    pub handoff_id: HandoffId,
+    pub customer: CustomerId,
+    pub template: String,
+    /// Body parameters in order: {{1}} name, {{2}} summary.
+    pub parameters: Vec<String>,
+    /// Quick-reply payload (the handoff id), when the template has a button.
+    pub button_payload: Option<String>,
+    /// Stable across retries and replicas: the provider deduplicates on it.
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendRefusal {
+    #[error("the customer opted out of WhatsApp messages")]
+    OptedOut,
+    #[error("the template is not usable: {0}")]
+    TemplateInvalid(String),
+    #[error("no WhatsApp address for this customer")]
+    NoAddress,
+    #[error("the provider refused the message ({code}): {message}")]
+    Rejected { code: String, message: String },
+    #[error("the provider is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl SendRefusal {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::OptedOut => "opted_out",
+            Self::TemplateInvalid(_) => "template_invalid",
+            Self::NoAddress => "no_whatsapp_address",
+            Self::Rejected { .. } => "provider_rejected",
+            Self::Unavailable(_) => "provider_unavailable",
+        }
+    }
+
+    fn code(&self) -> Option<String> {
+        match self {
+            Self::Rejected { code, .. } => Some(code.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The WhatsApp side of the saga.
+#[async_trait]
+pub trait ContinuationSender: Send + Sync + 'static {
+    /// Sends the template; `Ok(provider message id)` once the provider accepted it.
+    async fn send_continuation(&self, request: &ContinuationRequest)
+    -> Result<String, SendRefusal>;
+}
+
+/// The voice side of the saga, for hang-ups the saga must do itself (after a crash).
+#[async_trait]
+pub trait CallControl: Send + Sync + 'static {
+    /// Ends the call for everyone. A call that is already gone is not an error.
+    async fn hang_up(&self, call_connection_id: &str) -> Result<(), String>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("handoff {0} not found")]
+    NotFound(HandoffId),
+}
+
+/// Delivery news about the continuation message, from either WhatsApp provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    Read,
+    Failed { code: Option<String> },
+}
+
+pub struct HandoffService {
+    handoffs: Arc<dyn HandoffStore>,
+    contexts: Contexts,
+    claims: Arc<dyn ClaimStore>,
+    summariser: Arc<dyn Summariser>,
+    sender: Arc<dyn ContinuationSender>,
+    calls: Arc<dyn CallControl>,
+    settings: HandoffSettings,
+}
+
+/// How long one replica holds the right to send a handoff's template.
+const SEND_LEASE: Duration = Duration::from_secs(120);
+const HANG_UP_CLAIM: Duration = Duration::from_secs(24 * 3600);
+
+impl HandoffService {
+    pub fn new(
+        handoffs: Arc<dyn HandoffStore>,
+        contexts: Contexts,
+        claims: Arc<dyn ClaimStore>,
+        summariser: Arc<dyn Summariser>,
+        sender: Arc<dyn ContinuationSender>,
+        calls: Arc<dyn CallControl>,
+        settings: HandoffSettings,
+    ) -> Self {
+        Self {
+            handoffs,
+            contexts,
+            claims,
+            summariser,
+            sender,
+            calls,
+            settings,
+        }
+    }
+
+    pub fn store(&self) -> &dyn HandoffStore {
+        self.handoffs.as_ref()
+    }
+
+    pub fn settings(&self) -> &HandoffSettings {
+        &self.settings
+    }
+
+    /// The open handoff of this call, if any (not failed, template not yet sent).
+    async fn open_for_call(
+        &self,
+        customer: &CustomerId,
+        call_id: Option<&str>,
+    ) -> Result<Option<Handoff>, StoreError> {
+        Ok(self
+            .handoffs
+            .for_customer(customer)
+            .await?
+            .into_iter()
+            .find(|h| {
+                !h.is_failed()
+                    && !h.reached(Milestone::TemplateSent)
+                    && h.call_connection_id.as_deref() == call_id
+            }))
+    }
+
+    /// The agent offered WhatsApp: record it (nothing is sent).
+    pub async fn offer(
+        &self,
+        customer: &CustomerId,
+        call_id: Option<&str>,
+    ) -> Result<HandoffId, SagaError> {
+        if let Some(open) = self.open_for_call(customer, call_id).await? {
+            return Ok(open.id);
+        }
+        let mut handoff = Handoff::new(customer.clone(), call_id.map(str::to_owned), Utc::now());
+        handoff
+            .apply(Milestone::Offered, Utc::now(), None)
+            .expect("offer is always allowed");
+        let handoff = self.handoffs.create(&handoff).await?;
+        let id = handoff.id.clone();
+        self.contexts
+            .update(customer, |ctx| {
+                if !ctx.handoff_ids.contains(&id.as_str().to_owned()) {
+                    ctx.handoff_ids.push(id.as_str().to_owned());
+                }
+            })
+            .await?;
+        tracing::info!(handoff_id = %id, customer = %customer, "handoff offered");
+        Ok(id)
+    }
+
+    /// The caller said yes: record consent, then summarise and send. Returns what the voice
+    /// channel must do next.
+    pub async fn accept(
+        &self,
+        customer: &CustomerId,
+        call_id: Option<&str>,
+        evidence: &str,
+    ) -> Result<TurnAction, SagaError> {
+        let id = match self.open_for_call(customer, call_id).await? {
+            Some(open) => open.id,
+            None => self.offer(customer, call_id).await?,
+        };
+        let now = Utc::now();
+        let evidence_owned = evidence.to_owned();
+        update_handoff(self.handoffs.as_ref(), &id, |h| {
+            h.consent_evidence
+                .get_or_insert_with(|| evidence_owned.clone());
+            h.apply(Milestone::Accepted, now, None).is_ok()
+        })
+        .await?;
+        let id_str = id.as_str().to_owned();
+        self.contexts
+            .update(customer, |ctx| {
+                let already = ctx
+                    .consents
+                    .iter()
+                    .any(|c| c.scope == consent_scope(&id_str));
+                if !already {
+                    ctx.consents.push(ConsentRecord {
+                        scope: consent_scope(&id_str),
+                        channel: Channel::Voice,
+                        at: now,
+                        evidence: evidence.to_owned(),
+                    });
+                }
+            })
+            .await?;
+        tracing::info!(handoff_id = %id, customer = %customer, "handoff accepted");
+        self.drive(&id).await
+    }
+
+    /// Runs the saga forward from wherever it stands, up to the template being sent. Safe to
+    /// call again at any point, from any replica.
+    pub async fn drive(&self, id: &HandoffId) -> Result<TurnAction, SagaError> {
+        let handoff = self
+            .handoffs
+            .get(id)
+            .await?
+            .ok_or_else(|| SagaError::NotFound(id.clone()))?;
+        if let Some(failure) = &handoff.failure {
+            return Ok(TurnAction::HandoffRefused {
+                handoff_id: Some(id.clone()),
+                reason: failure.reason.clone(),
+            });
+        }
+        if handoff.reached(Milestone::TemplateSent) {
+            return Ok(TurnAction::HandoffSent {
+                handoff_id: id.clone(),
+            });
+        }
+        let ctx = self
+            .contexts
+            .get(&handoff.customer_id)
+            .await?
+            .unwrap_or_else(|| CustomerContext::new(handoff.customer_id.clone(), Utc::now()));
+        if ctx.opted_out {
+            return self.refuse(id, SendRefusal::OptedOut).await;
+        }
+        let handoff = if handoff.reached(Milestone::Summarised) {
+            handoff
+        } else {
+            let summary = match self.summariser.summarise(&ctx).await {
+                Ok(s) => crate::agent::summary::fit_template_parameter(&s, SUMMARY_MAX_CHARS),
+                Err(err) => {
+                    tracing::warn!(handoff_id = %id, error = %err, "summariser failed; using the extractive summary");
+                    extractive_summary(&ctx, SUMMARY_MAX_CHARS)
+                }
+            };
+            let summary = if summary.is_empty() {
+                ExtractiveSummariser::new(SUMMARY_MAX_CHARS)
+                    .summarise(&ctx)
+                    .await
+                    .unwrap_or_default()
+            } else {
+                summary
+            };
+            let now = Utc::now();
+            let stored = update_handoff(self.handoffs.as_ref(), id, |h| {
+                if h.summary.is_none() {
+                    h.summary = Some(summary.clone());
+                }
+                h.apply(Milestone::Summarised, now, None).is_ok()
+            })
+            .await?;
+            let for_ctx = stored.summary.clone();
+            self.contexts
+                .update(&stored.customer_id, |c| c.call_summary = for_ctx.clone())
+                .await?;
+            stored
+        };
+        // One sender at a time per handoff, across replicas; the idempotency key covers a
+        // sender that crashed after the provider accepted but before we recorded it.
+        let lease = format!("handoff-send:{id}");
+        if self.claims.claim(&lease, SEND_LEASE).await? == Claim::Duplicate {
+            tracing::info!(handoff_id = %id, "template send already in progress elsewhere");
+            return Ok(TurnAction::HandoffRefused {
+                handoff_id: Some(id.clone()),
+                reason: "in_progress".into(),
+            });
+        }
+        let request = ContinuationRequest {
+            handoff_id: id.clone(),
+            customer: handoff.customer_id.clone(),
+            template: self.settings.template_name.clone(),
+            parameters: vec![
+                ctx.first_name()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| "there".into()),
+                handoff.summary.clone().unwrap_or_default(),
+            ],
+            button_payload: self
+                .settings
+                .template_has_button
+                .then(|| id.as_str().to_owned()),
+            idempotency_key: id.as_str().to_owned(),
+        };
+        let sent = self.sender.send_continuation(&request).await;
+        let _ = self.claims.release(&lease).await;
+        match sent {
+            Ok(message_id) => {
+                let now = Utc::now();
+                let template = self.settings.template_name.clone();
+                update_handoff(self.handoffs.as_ref(), id, |h| {
+                    h.provider_message_id
+                        .get_or_insert_with(|| message_id.clone());
+                    h.template.get_or_insert_with(|| template.clone());
+                    h.apply(Milestone::TemplateSent, now, Some(message_id.clone()))
+                        .is_ok()
+                })
+                .await?;
+                tracing::info!(handoff_id = %id, message_id = %message_id, "continuation template accepted");
+                Ok(TurnAction::HandoffSent {
+                    handoff_id: id.clone(),
+                })
+            }
+            Err(refusal) => self.refuse(id, refusal).await,
+        }
+    }
+
+    async fn refuse(&self, id: &HandoffId, refusal: SendRefusal) -> Result<TurnAction, SagaError> {
+        tracing::warn!(handoff_id = %id, reason = refusal.reason(), error = %refusal, "handoff refused");
+        let failure = HandoffFailure {
+            reason: refusal.reason().to_owned(),
+            code: refusal.code(),
+            detail: Some(refusal.to_string()),
+        };
+        let now = Utc::now();
+        update_handoff(self.handoffs.as_ref(), id, |h| {
+            h.fail(failure.clone(), now) == crate::domain::Applied::Recorded
+        })
+        .await?;
+        Ok(TurnAction::HandoffRefused {
+            handoff_id: Some(id.clone()),
+            reason: refusal.reason().to_owned(),
+        })
+    }
+
+    pub async fn goodbye_played(&self, id: &HandoffId) -> Result<(), SagaError> {
+        let now = Utc::now();
+        update_handoff(self.handoffs.as_ref(), id, |h| {
+            h.apply(Milestone::GoodbyePlayed, now, None) == Ok(crate::domain::Applied::Recorded)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Records that the call ended (the session hung up, or the caller did).
+    pub async fn call_ended(&self, id: &HandoffId) -> Result<(), SagaError> {
+        let now = Utc::now();
+        update_handoff(self.handoffs.as_ref(), id, |h| {
+            h.apply(Milestone::CallEnded, now, None) == Ok(crate::domain::Applied::Recorded)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Hangs the call up, once across replicas, and records it. For sagas whose session is gone.
+    pub async fn hang_up(&self, id: &HandoffId) -> Result<(), SagaError> {
+        let handoff = self
+            .handoffs
+            .get(id)
+            .await?
+            .ok_or_else(|| SagaError::NotFound(id.clone()))?;
+        if handoff.reached(Milestone::CallEnded) || !handoff.reached(Milestone::TemplateSent) {
+            return Ok(());
+        }
+        if let Some(call) = &handoff.call_connection_id
+            && self
+                .claims
+                .claim(&format!("handoff-hangup:{id}"), HANG_UP_CLAIM)
+                .await?
+                == Claim::Fresh
+            && let Err(err) = self.calls.hang_up(call).await
+        {
+            let _ = self.claims.release(&format!("handoff-hangup:{id}")).await;
+            tracing::warn!(handoff_id = %id, call_connection_id = %call, error = %err, "hang-up failed; will retry");
+            return Ok(());
+        }
+        self.call_ended(id).await
+    }
+
+    /// A delivery status of the continuation message.
+    pub async fn on_delivery(&self, id: &HandoffId, delivery: Delivery) -> Result<(), SagaError> {
+        let now = Utc::now();
+        update_handoff(self.handoffs.as_ref(), id, |h| match &delivery {
+            Delivery::Delivered => {
+                h.apply(Milestone::Delivered, now, None) == Ok(crate::domain::Applied::Recorded)
+            }
+            Delivery::Read => {
+                h.apply(Milestone::Read, now, None) == Ok(crate::domain::Applied::Recorded)
+            }
+            Delivery::Failed { code } => {
+                let reason = match code.as_deref() {
+                    Some("131047") => "window_closed",
+                    Some("131026") => "undeliverable",
+                    _ => "delivery_failed",
+                };
+                h.fail(
+                    HandoffFailure {
+                        reason: reason.into(),
+                        code: code.clone(),
+                        detail: None,
+                    },
+                    now,
+                ) == crate::domain::Applied::Recorded
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Finds the handoff a provider message id belongs to.
+    pub async fn by_message_id(
+        &self,
+        customer: &CustomerId,
+        message_id: &str,
+    ) -> Result<Option<Handoff>, StoreError> {
+        Ok(self
+            .handoffs
+            .for_customer(customer)
+            .await?
+            .into_iter()
+            .find(|h| h.provider_message_id.as_deref() == Some(message_id)))
+    }
+
+    /// The customer wrote on WhatsApp: the handoff it continues becomes `Resumed`. Correlates by
+    /// the quick-reply payload (the handoff id) first, then by customer.
+    pub async fn on_customer_reply(
+        &self,
+        customer: &CustomerId,
+        button_payload: Option<&str>,
+    ) -> Result<Option<HandoffId>, SagaError> {
+        let by_payload = match button_payload.and_then(HandoffId::parse) {
+            Some(id) => self.handoffs.get(&id).await?,
+            None => None,
+        };
+        let target = match by_payload {
+            Some(h) => Some(h),
+            None => self
+                .handoffs
+                .for_customer(customer)
+                .await?
+                .into_iter()
+                .find(|h| h.reached(Milestone::TemplateSent) && !h.reached(Milestone::Resumed)),
+        };
+        let Some(handoff) = target else {
+            return Ok(None);
+        };
+        let now = Utc::now();
+        update_handoff(self.handoffs.as_ref(), &handoff.id, |h| {
+            h.apply(Milestone::Resumed, now, None) == Ok(crate::domain::Applied::Recorded)
+        })
+        .await?;
+        tracing::info!(handoff_id = %handoff.id, customer = %customer, "handoff resumed on WhatsApp");
+        Ok(Some(handoff.id))
+    }
+
+    /// Picks up sagas a crashed replica left behind: sends what was not sent, hangs up what was
+    /// not hung up. Only touches sagas idle for longer than `idle`, so live sessions keep theirs.
+    pub async fn recover(&self, idle: Duration) -> Result<usize, SagaError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(idle).unwrap_or_default();
+        let mut driven = 0;
+        for handoff in self.handoffs.unfinished().await? {
+            if handoff.updated_at > cutoff {
+                continue;
+            }
+            driven += 1;
+            if handoff.reached(Milestone::TemplateSent) {
+                self.hang_up(&handoff.id).await?;
+            } else {
+                // The caller hears nothing of this: the call is most likely gone with its replica.
+                let outcome = self.drive(&handoff.id).await?;
+                if let TurnAction::HandoffSent { handoff_id } = outcome {
+                    self.hang_up(&handoff_id).await?;
+                }
+            }
+        }
+        Ok(driven)
+    }
+}
+
+fn consent_scope(handoff_id: &str) -> String {
+    format!("whatsapp_handoff:{handoff_id}")
+}

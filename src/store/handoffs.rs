@@ -1,0 +1,235 @@
+//! Where handoffs live: the saga's durable state, read by any replica.
+//!
+//! Same concurrency rules as contexts: writes carry the version they read; a stale one is a
+//! conflict, and [`update_handoff`] re-reads and re-applies.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use redb::{ReadableTable, TableDefinition};
+
+use super::StoreError;
+use super::embedded::EmbeddedStore;
+use crate::domain::{CustomerId, Handoff, HandoffId, Version};
+
+const BACKEND: &str = "embedded";
+/// handoff id → revision (8 bytes, big-endian) + handoff JSON.
+const HANDOFFS: TableDefinition<&str, &[u8]> = TableDefinition::new("handoffs");
+
+#[async_trait]
+pub trait HandoffStore: Send + Sync + 'static {
+    async fn get(&self, id: &HandoffId) -> Result<Option<Handoff>, StoreError>;
+    async fn create(&self, handoff: &Handoff) -> Result<Handoff, StoreError>;
+    async fn replace(&self, handoff: &Handoff) -> Result<Handoff, StoreError>;
+    /// Most recent first, at most `limit`.
+    async fn list(&self, limit: usize) -> Result<Vec<Handoff>, StoreError>;
+    /// A customer's handoffs, most recent first.
+    async fn for_customer(&self, customer: &CustomerId) -> Result<Vec<Handoff>, StoreError>;
+    /// Handoffs a worker still has to drive (see `Handoff::unfinished`).
+    async fn unfinished(&self) -> Result<Vec<Handoff>, StoreError>;
+}
+
+/// Re-reads and re-applies `change` on conflict, like `store::update` for contexts. `change`
+/// returns `false` to leave the handoff as it is (nothing is written).
+pub async fn update_handoff(
+    store: &dyn HandoffStore,
+    id: &HandoffId,
+    mut change: impl FnMut(&mut Handoff) -> bool + Send,
+) -> Result<Handoff, StoreError> {
+    for attempt in 1..=16u32 {
+        let mut handoff = store.get(id).await?.ok_or(StoreError::NotFound)?;
+        if !change(&mut handoff) {
+            return Ok(handoff);
+        }
+        match store.replace(&handoff).await {
+            Ok(stored) => return Ok(stored),
+            Err(StoreError::Conflict) => {
+                let cap = (2u64 << attempt.min(6)).min(100);
+                let pause = Duration::from_millis(rand::rng().random_range(0..=cap));
+                tokio::time::sleep(pause).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(StoreError::Conflict)
+}
+
+fn encode(revision: u64, handoff: &Handoff) -> Result<Vec<u8>, StoreError> {
+    let mut out = revision.to_be_bytes().to_vec();
+    serde_json::to_writer(&mut out, handoff).map_err(|e| StoreError::backend(BACKEND, e))?;
+    Ok(out)
+}
+
+fn decode(bytes: &[u8]) -> Result<Handoff, StoreError> {
+    let (rev, json) = bytes
+        .split_at_checked(8)
+        .ok_or_else(|| StoreError::backend(BACKEND, "truncated handoff"))?;
+    let revision = u64::from_be_bytes(rev.try_into().expect("split at 8"));
+    let mut handoff: Handoff =
+        serde_json::from_slice(json).map_err(|e| StoreError::backend(BACKEND, e))?;
+    handoff.version = Some(Version::new(revision.to_string()));
+    Ok(handoff)
+}
+
+fn revision(bytes: &[u8]) -> u64 {
+    bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+impl EmbeddedStore {
+    async fn all_handoffs(&self) -> Result<Vec<Handoff>, StoreError> {
+        self.db()
+            .read(|txn| {
+                let table = match txn.open_table(HANDOFFS) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                    Err(e) => return Err(StoreError::backend(BACKEND, e)),
+                };
+                let mut out = Vec::new();
+                for row in table.iter().map_err(|e| StoreError::backend(BACKEND, e))? {
+                    let (_, value) = row.map_err(|e| StoreError::backend(BACKEND, e))?;
+                    out.push(decode(value.value())?);
+                }
+                out.sort_by_key(|h| std::cmp::Reverse(h.created_at));
+                Ok(out)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl HandoffStore for EmbeddedStore {
+    async fn get(&self, id: &HandoffId) -> Result<Option<Handoff>, StoreError> {
+        let key = id.as_str().to_owned();
+        self.db()
+            .read(move |txn| {
+                let table = match txn.open_table(HANDOFFS) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                    Err(e) => return Err(StoreError::backend(BACKEND, e)),
+                };
+                let value = table
+                    .get(key.as_str())
+                    .map_err(|e| StoreError::backend(BACKEND, e))?;
+                value.map(|v| decode(v.value())).transpose()
+            })
+            .await
+    }
+
+    async fn create(&self, handoff: &Handoff) -> Result<Handoff, StoreError> {
+        let mut handoff = handoff.clone();
+        self.db()
+            .write(move |txn| {
+                let mut table = txn
+                    .open_table(HANDOFFS)
+                    .map_err(|e| StoreError::backend(BACKEND, e))?;
+                if table
+                    .get(handoff.id.as_str())
+                    .map_err(|e| StoreError::backend(BACKEND, e))?
+                    .is_some()
+                {
+                    return Err(StoreError::AlreadyExists);
+                }
+                let bytes = encode(1, &handoff)?;
+                table
+                    .insert(handoff.id.as_str(), bytes.as_slice())
+                    .map_err(|e| StoreError::backend(BACKEND, e))?;
+                handoff.version = Some(Version::new("1"));
+                Ok(handoff)
+            })
+            .await
+    }
+
+    async fn replace(&self, handoff: &Handoff) -> Result<Handoff, StoreError> {
+        let mut handoff = handoff.clone();
+        self.db()
+            .write(move |txn| {
+                let mut table = txn
+                    .open_table(HANDOFFS)
+                    .map_err(|e| StoreError::backend(BACKEND, e))?;
+                let stored = table
+                    .get(handoff.id.as_str())
+                    .map_err(|e| StoreError::backend(BACKEND, e))?
+                    .map(|v| revision(v.value()))
+                    .ok_or(StoreError::NotFound)?;
+                if handoff.version.as_ref().map(Version::as_str)
+                    != Some(stored.to_string().as_str())
+                {
+                    return Err(StoreError::Conflict);
+                }
+                let next = stored + 1;
+                let bytes = encode(next, &handoff)?;
+                table
+                    .insert(handoff.id.as_str(), bytes.as_slice())
+                    .map_err(|e| StoreError::backend(BACKEND, e))?;
+                handoff.version = Some(Version::new(next.to_string()));
+                Ok(handoff)
+            })
+            .await
+    }
+
+    async fn list(&self, limit: usize) -> Result<Vec<Handoff>, StoreError> {
+        let mut all = self.all_handoffs().await?;
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn for_customer(&self, customer: &CustomerId) -> Result<Vec<Handoff>, StoreError> {
+        Ok(self
+            .all_handoffs()
+            .await?
+            .into_iter()
+            .filter(|h| &h.customer_id == customer)
+            .collect())
+    }
+
+    async fn unfinished(&self) -> Result<Vec<Handoff>, StoreError> {
+        Ok(self
+            .all_handoffs()
+            .await?
+            .into_iter()
+            .filter(Handoff::unfinished)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::domain::Milestone;
+
+    #[tokio::test]
+    async fn round_trip_conflict_and_queries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let customer = CustomerId::parse_phone("+14255550123").unwrap();
+        let mut h = Handoff::new(customer.clone(), Some("call-1".into()), Utc::now());
+        h.apply(Milestone::Accepted, Utc::now(), None).unwrap();
+        let v1 = store.create(&h).await.unwrap();
+        assert!(matches!(
+            store.create(&h).await,
+            Err(StoreError::AlreadyExists)
+        ));
+        let loaded = HandoffStore::get(&store, &h.id).await.unwrap().unwrap();
+        assert_eq!(loaded, v1);
+        let updated = update_handoff(&store, &h.id, |h| {
+            h.apply(Milestone::Summarised, Utc::now(), None).is_ok()
+        })
+        .await
+        .unwrap();
+        assert_ne!(updated.version, v1.version);
+        assert!(matches!(
+            store.replace(&v1).await,
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(store.unfinished().await.unwrap().len(), 1);
+        assert_eq!(store.for_customer(&customer).await.unwrap().len(), 1);
+        assert_eq!(store.list(10).await.unwrap()[0].id, h.id);
+    }
+}

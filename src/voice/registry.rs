@@ -1,0 +1,383 @@
+//! The call registry: which per-call secret belongs to which call, shared by every replica, and
+//! the routing of callback events to the replica that holds the call's WebSocket.
+//!
+//! ACS may deliver a callback or open the media WebSocket at any replica, not necessarily the
+//! one that answered. So the token → call record map lives in shared storage (Redis when
+//! configured), and callback events are published on a per-call channel; the replica whose
+//! session is attached to that call forwards them to it. In-process adapter: a map and direct
+//! delivery (one replica). Redis adapter: `SET PX` records and pub/sub (`PSUBSCRIBE`).
+//!
+//! Tokens are never stored or published as such: keys and channels use a SHA-256 digest, so a
+//! Redis dump does not hand out working callback URLs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::events::CallEvent;
+use crate::config::Secret;
+use crate::domain::CustomerId;
+use crate::store::StoreError;
+use crate::store::redis::RedisPool;
+
+/// How long a call's record is kept: longer than any call.
+pub const CALL_TTL: Duration = Duration::from_secs(6 * 60 * 60);
+/// Events buffered for one session before new ones are dropped (and logged).
+const SESSION_EVENT_BUFFER: usize = 64;
+
+/// A per-call secret. Its `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CallToken(String);
+
+impl CallToken {
+    pub fn generate() -> Self {
+        let bytes: [u8; 32] = rand::random();
+        Self(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    pub fn from_presented(token: &str) -> Option<Self> {
+        let token = token.trim();
+        (!token.is_empty() && token.len() <= 128).then(|| Self(token.to_owned()))
+    }
+
+    /// For the one place that puts it in a URL.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The id the token is stored and routed under.
+    pub fn route_id(&self) -> String {
+        URL_SAFE_NO_PAD.encode(Sha256::digest(self.0.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for CallToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallToken(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    Answering,
+    Connected,
+    /// A closing play (goodbye, apology) is under way; the call is hung up when it ends.
+    Closing,
+    Ended,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub customer_id: CustomerId,
+    #[serde(default)]
+    pub call_connection_id: Option<String>,
+    pub state: CallState,
+    #[serde(default)]
+    pub end_reason: Option<String>,
+}
+
+/// Shared call records and event routing.
+#[async_trait]
+pub trait CallRegistry: Send + Sync + 'static {
+    async fn put(&self, token: &CallToken, record: &CallRecord) -> Result<(), StoreError>;
+    async fn get(&self, token: &CallToken) -> Result<Option<CallRecord>, StoreError>;
+    /// Routes `event` to the session attached to the call, on whichever replica it is.
+    async fn publish(&self, token: &CallToken, event: &CallEvent) -> Result<(), StoreError>;
+    /// Attaches this replica's session to the call; events arrive on the returned receiver
+    /// until it is dropped.
+    fn attach(&self, token: &CallToken) -> Attachment;
+    /// Background delivery (the Redis subscriber); returns when `cancel` fires.
+    async fn run(&self, cancel: CancellationToken) {
+        cancel.cancelled().await;
+    }
+}
+
+/// This replica's attached sessions.
+#[derive(Default)]
+pub struct LocalRoutes {
+    routes: Mutex<HashMap<String, (u64, mpsc::Sender<CallEvent>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl LocalRoutes {
+    fn attach(self: &Arc<Self>, route_id: String) -> Attachment {
+        let (tx, rx) = mpsc::channel(SESSION_EVENT_BUFFER);
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.routes
+            .lock()
+            .expect("routes lock")
+            .insert(route_id.clone(), (id, tx));
+        Attachment {
+            events: rx,
+            id,
+            route_id,
+            routes: self.clone(),
+        }
+    }
+
+    /// Delivers to a local session if one is attached; `true` if it was.
+    pub fn deliver(&self, route_id: &str, event: CallEvent) -> bool {
+        let sender = self
+            .routes
+            .lock()
+            .expect("routes lock")
+            .get(route_id)
+            .map(|(_, tx)| tx.clone());
+        match sender {
+            Some(tx) => match tx.try_send(event) {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(error = %err, "call event dropped: session is not keeping up");
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    pub fn attached(&self) -> usize {
+        self.routes.lock().expect("routes lock").len()
+    }
+}
+
+/// A session's subscription to its call's events; detaches on drop.
+pub struct Attachment {
+    pub events: mpsc::Receiver<CallEvent>,
+    id: u64,
+    route_id: String,
+    routes: Arc<LocalRoutes>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if let Ok(mut routes) = self.routes.routes.lock()
+            // Only our own entry: a newer attachment to the same call may have replaced it.
+            && routes.get(&self.route_id).is_some_and(|(id, _)| *id == self.id)
+        {
+            routes.remove(&self.route_id);
+        }
+    }
+}
+
+/// One replica, no shared storage.
+#[derive(Default)]
+pub struct InProcessRegistry {
+    records: Mutex<HashMap<String, (CallRecord, Instant)>>,
+    routes: Arc<LocalRoutes>,
+}
+
+impl InProcessRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl CallRegistry for InProcessRegistry {
+    async fn put(&self, token: &CallToken, record: &CallRecord) -> Result<(), StoreError> {
+        let mut records = self.records.lock().expect("records lock");
+        let now = Instant::now();
+        records.retain(|_, (_, at)| now.duration_since(*at) < CALL_TTL);
+        records.insert(token.route_id(), (record.clone(), now));
+        Ok(())
+    }
+
+    async fn get(&self, token: &CallToken) -> Result<Option<CallRecord>, StoreError> {
+        Ok(self
+            .records
+            .lock()
+            .expect("records lock")
+            .get(&token.route_id())
+            .filter(|(_, at)| at.elapsed() < CALL_TTL)
+            .map(|(r, _)| r.clone()))
+    }
+
+    async fn publish(&self, token: &CallToken, event: &CallEvent) -> Result<(), StoreError> {
+        self.routes.deliver(&token.route_id(), event.clone());
+        Ok(())
+    }
+
+    fn attach(&self, token: &CallToken) -> Attachment {
+        self.routes.attach(token.route_id())
+    }
+}
+
+/// Records in Redis, events over Redis pub/sub to every replica; each forwards to its own
+/// attached sessions.
+pub struct RedisRegistry {
+    pool: RedisPool,
+    client: redis::Client,
+    routes: Arc<LocalRoutes>,
+    channel_prefix: String,
+}
+
+impl RedisRegistry {
+    pub fn new(pool: RedisPool, url: &Secret<String>) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url.expose().as_str())
+            .map_err(|e| StoreError::backend("redis", format!("invalid REDIS_URL: {e}")))?;
+        let channel_prefix = pool.key("call-events:");
+        Ok(Self {
+            pool,
+            client,
+            routes: Arc::new(LocalRoutes::default()),
+            channel_prefix,
+        })
+    }
+
+    fn record_key(&self, token: &CallToken) -> String {
+        self.pool.key(&format!("call:{}", token.route_id()))
+    }
+
+    async fn subscribe_once(&self, cancel: &CancellationToken) -> Result<(), redis::RedisError> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub
+            .psubscribe(format!("{}*", self.channel_prefix))
+            .await?;
+        tracing::debug!("call event subscriber connected");
+        let mut messages = pubsub.into_on_message();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        return Err(redis::RedisError::from((redis::ErrorKind::Io, "subscription closed")));
+                    };
+                    let channel = message.get_channel_name();
+                    let Some(route_id) = channel.strip_prefix(&self.channel_prefix) else { continue };
+                    let payload: String = match message.get_payload() {
+                        Ok(p) => p,
+                        Err(_) => continue,
+                    };
+                    match serde_json::from_str::<CallEvent>(&payload) {
+                        Ok(event) => { self.routes.deliver(route_id, event); }
+                        Err(err) => tracing::warn!(error = %err, "undecodable call event on the bus"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl CallRegistry for RedisRegistry {
+    async fn put(&self, token: &CallToken, record: &CallRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| StoreError::backend("redis", e))?;
+        let mut conn = self.pool.connection();
+        let set: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(self.record_key(token))
+            .arg(json)
+            .arg("PX")
+            .arg(CALL_TTL.as_millis() as u64)
+            .query_async(&mut conn)
+            .await;
+        self.pool.observe(set)
+    }
+
+    async fn get(&self, token: &CallToken) -> Result<Option<CallRecord>, StoreError> {
+        let mut conn = self.pool.connection();
+        let got: redis::RedisResult<Option<String>> = redis::cmd("GET")
+            .arg(self.record_key(token))
+            .query_async(&mut conn)
+            .await;
+        match self.pool.observe(got)? {
+            None => Ok(None),
+            Some(json) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|e| StoreError::backend("redis", e)),
+        }
+    }
+
+    async fn publish(&self, token: &CallToken, event: &CallEvent) -> Result<(), StoreError> {
+        let json = serde_json::to_string(event).map_err(|e| StoreError::backend("redis", e))?;
+        let mut conn = self.pool.connection();
+        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(format!("{}{}", self.channel_prefix, token.route_id()))
+            .arg(json)
+            .query_async(&mut conn)
+            .await;
+        self.pool.observe(published).map(drop)
+    }
+
+    fn attach(&self, token: &CallToken) -> Attachment {
+        self.routes.attach(token.route_id())
+    }
+
+    async fn run(&self, cancel: CancellationToken) {
+        let mut failures = 0u32;
+        while !cancel.is_cancelled() {
+            match self.subscribe_once(&cancel).await {
+                Ok(()) => return,
+                Err(err) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %err, "call event subscriber lost redis; reconnecting");
+                    }
+                    let pause = Duration::from_millis(100 * u64::from(failures.min(20)));
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::voice::events::CallEventKind;
+
+    fn event(id: &str) -> CallEvent {
+        CallEvent {
+            id: id.into(),
+            call_connection_id: Some("c1".into()),
+            operation_context: None,
+            kind: CallEventKind::PlayCompleted,
+        }
+    }
+
+    #[test]
+    fn tokens_are_random_and_never_printed() {
+        let a = CallToken::generate();
+        let b = CallToken::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.expose().len(), 43);
+        assert_eq!(format!("{a:?}"), "CallToken(***)");
+        assert_ne!(a.route_id(), a.expose());
+        assert_eq!(CallToken::from_presented(""), None);
+    }
+
+    #[tokio::test]
+    async fn in_process_records_and_routing() {
+        let registry = InProcessRegistry::new();
+        let token = CallToken::generate();
+        let record = CallRecord {
+            customer_id: CustomerId::parse_phone("+14255550123").unwrap(),
+            call_connection_id: Some("c1".into()),
+            state: CallState::Connected,
+            end_reason: None,
+        };
+        registry.put(&token, &record).await.unwrap();
+        assert_eq!(registry.get(&token).await.unwrap(), Some(record));
+        assert_eq!(registry.get(&CallToken::generate()).await.unwrap(), None);
+
+        // Nobody attached: the event goes nowhere, without error.
+        registry.publish(&token, &event("e0")).await.unwrap();
+        let mut attachment = registry.attach(&token);
+        registry.publish(&token, &event("e1")).await.unwrap();
+        assert_eq!(attachment.events.recv().await.unwrap().id, "e1");
+        drop(attachment);
+        assert_eq!(registry.routes.attached(), 0);
+    }
+}
