@@ -21,12 +21,13 @@ use crate::handoff::wait_time::{FixedWait, HttpWait, WaitTimeSource};
 use crate::handoff::{HandoffService, SUMMARY_MAX_CHARS};
 use crate::store::cached::CachedContextStore;
 use crate::store::cosmos::CosmosStore;
+use crate::store::cosmos_whatsapp::{CosmosInbox, CosmosMessageLog};
 use crate::store::embedded::EmbeddedDb;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::handoffs::HandoffStore;
 use crate::store::inbox::{EmbeddedInbox, Inbox};
 use crate::store::media::FileMediaStore;
-use crate::store::messages::EmbeddedMessageLog;
+use crate::store::messages::{EmbeddedMessageLog, MessageLog};
 use crate::store::redis::{RedisClaims, RedisPool};
 use crate::store::{ClaimStore, ContextStore, Contexts, HealthCheck, StoreError, Stores};
 use crate::whatsapp::{WhatsApp, WhatsAppPorts};
@@ -278,8 +279,8 @@ pub fn build_stores(settings: &Settings) -> Result<Stores, StoreError> {
     })
 }
 
-/// Builds the WhatsApp service. Its inbox and message log live in the embedded database (with
-/// Cosmos DB configured, in an embedded file beside it until their Cosmos adapters exist).
+/// Builds the WhatsApp service: inbox and message log in Cosmos DB when it is configured,
+/// otherwise in the embedded database.
 async fn build_whatsapp(
     settings: &Arc<Settings>,
     stores: &Stores,
@@ -287,11 +288,27 @@ async fn build_whatsapp(
     agent: Arc<dyn Agent>,
     hooks: Hooks,
 ) -> Result<Arc<WhatsApp>, StartupError> {
-    let db = match &stores.embedded {
-        Some(db) => db.clone(),
-        None => EmbeddedDb::open(&settings.data_dir)?,
-    };
-    let mut inbox: Arc<dyn Inbox> = Arc::new(EmbeddedInbox::new(db.clone()).await?);
+    let (mut inbox, log): (Arc<dyn Inbox>, Arc<dyn MessageLog>) =
+        match (&settings.cosmos, &stores.embedded) {
+            (Some(cosmos), _) => {
+                let store = Arc::new(CosmosStore::new(cosmos)?);
+                (
+                    Arc::new(CosmosInbox::new(store.clone())),
+                    Arc::new(CosmosMessageLog::new(store)),
+                )
+            }
+            (None, Some(db)) => (
+                Arc::new(EmbeddedInbox::new(db.clone()).await?),
+                Arc::new(EmbeddedMessageLog::new(db.clone()).await?),
+            ),
+            (None, None) => {
+                let db = EmbeddedDb::open(&settings.data_dir)?;
+                (
+                    Arc::new(EmbeddedInbox::new(db.clone()).await?),
+                    Arc::new(EmbeddedMessageLog::new(db).await?),
+                )
+            }
+        };
     if let Some(wrap) = hooks.wrap_inbox {
         inbox = wrap(inbox);
     }
@@ -305,7 +322,7 @@ async fn build_whatsapp(
         WhatsAppPorts {
             contexts: stores.contexts.clone(),
             inbox,
-            log: Arc::new(EmbeddedMessageLog::new(db).await?),
+            log,
             media: Arc::new(FileMediaStore::new(settings.data_dir.join("media"))),
             fast_claims: settings.redis_url.is_some().then(|| stores.claims.clone()),
             agent,

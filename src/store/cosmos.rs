@@ -282,6 +282,34 @@ impl CosmosStore {
     }
 }
 
+impl CosmosStore {
+    /// Another container of this database (partition key `/customerId`, TTL on with no default),
+    /// created when missing; for adapters of further ports (the WhatsApp inbox and message log).
+    pub(crate) async fn extra_container(
+        &self,
+        name: &'static str,
+    ) -> Result<ContainerClient, StoreError> {
+        let ready = self.ready().await?;
+        match ready.database.container_client(name, None).await {
+            Ok(container) => return Ok(container),
+            Err(err) if err.status().status_code() == 404 => {}
+            Err(err) => return Err(map_error(&err)),
+        }
+        let properties = ContainerProperties::new(name, PARTITION_KEY_PATH.into())
+            .with_default_ttl(TimeToLive::NoDefault);
+        match ready.database.create_container(properties, None).await {
+            Ok(_) => {}
+            Err(err) if err.status().is_conflict() => {}
+            Err(err) => return Err(map_error(&err)),
+        }
+        ready
+            .database
+            .container_client(name, None)
+            .await
+            .map_err(|e| map_error(&e))
+    }
+}
+
 fn is_forbidden(err: &CosmosError) -> bool {
     err.status().is_forbidden() || err.status().is_unauthorized()
 }
@@ -416,7 +444,7 @@ fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-fn etag_of(response: &ItemResponse) -> Option<String> {
+pub(crate) fn etag_of(response: &ItemResponse) -> Option<String> {
     response.headers().etag().map(|e| e.to_string())
 }
 
@@ -425,7 +453,7 @@ fn etag_of(response: &ItemResponse) -> Option<String> {
 
 /// What a Cosmos DB status means to this adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     NotFound,
     Conflict,
     PreconditionFailed,
@@ -453,7 +481,7 @@ fn classify(status: u16, sub_status: Option<u16>) -> Outcome {
     }
 }
 
-fn outcome(err: &CosmosError) -> Outcome {
+pub(crate) fn outcome(err: &CosmosError) -> Outcome {
     let status = err.status();
     classify(
         u16::from(status.status_code()),
@@ -463,7 +491,7 @@ fn outcome(err: &CosmosError) -> Outcome {
 
 /// The SDK's one-line rendering plus the innermost cause (e.g. "Connection refused"), which
 /// the rendering leaves out.
-fn describe(err: &CosmosError) -> String {
+pub(crate) fn describe(err: &CosmosError) -> String {
     use std::error::Error as _;
     let mut text = err.to_string();
     let mut cause = err.source();
@@ -480,7 +508,7 @@ fn describe(err: &CosmosError) -> String {
 }
 
 /// Maps an error that has no operation-specific meaning.
-fn map_error(err: &CosmosError) -> StoreError {
+pub(crate) fn map_error(err: &CosmosError) -> StoreError {
     match outcome(err) {
         Outcome::Transient => StoreError::unavailable(BACKEND, describe(err)),
         _ => StoreError::backend(BACKEND, describe(err)),

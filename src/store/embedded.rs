@@ -175,13 +175,7 @@ fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// A stored customer document: the revision that versions it, then the context JSON.
-fn encode(revision: u64, ctx: &CustomerContext) -> Result<Vec<u8>, StoreError> {
-    let mut out = revision.to_be_bytes().to_vec();
-    serde_json::to_writer(&mut out, ctx).map_err(|e| StoreError::backend(BACKEND, e))?;
-    Ok(out)
-}
-
+/// A stored customer document: the revision that versions it (8 bytes), then the context JSON.
 fn decode(bytes: &[u8]) -> Result<CustomerContext, StoreError> {
     let (rev, json) = bytes
         .split_at_checked(8)
@@ -210,13 +204,17 @@ fn stored_revision(txn: &WriteTransaction, key: &str) -> Result<Option<u64>, Sto
     }))
 }
 
-fn put(txn: &WriteTransaction, ctx: &CustomerContext, revision: u64) -> Result<(), StoreError> {
-    let bytes = encode(revision, ctx)?;
+/// Writes a document whose JSON was encoded before the job reached the writer thread (the one
+/// serial stage every write passes through), so the writer only copies bytes.
+fn put(txn: &WriteTransaction, key: &str, json: &[u8], revision: u64) -> Result<(), StoreError> {
+    let mut bytes = Vec::with_capacity(8 + json.len());
+    bytes.extend_from_slice(&revision.to_be_bytes());
+    bytes.extend_from_slice(json);
     let mut table = txn
         .open_table(CUSTOMERS)
         .map_err(|e| StoreError::backend(BACKEND, e))?;
     table
-        .insert(ctx.customer_id.as_str(), bytes.as_slice())
+        .insert(key, bytes.as_slice())
         .map_err(|e| StoreError::backend(BACKEND, e))?;
     Ok(())
 }
@@ -260,12 +258,13 @@ impl ContextStore for EmbeddedStore {
 
     async fn create(&self, ctx: &CustomerContext) -> Result<CustomerContext, StoreError> {
         let mut ctx = ctx.clone();
+        let json = serde_json::to_vec(&ctx).map_err(|e| StoreError::backend(BACKEND, e))?;
         self.db
             .write(move |txn| {
                 if stored_revision(txn, ctx.customer_id.as_str())?.is_some() {
                     return Err(StoreError::AlreadyExists);
                 }
-                put(txn, &ctx, 1)?;
+                put(txn, ctx.customer_id.as_str(), &json, 1)?;
                 ctx.version = Some(Version::new("1"));
                 Ok(ctx)
             })
@@ -274,6 +273,7 @@ impl ContextStore for EmbeddedStore {
 
     async fn replace(&self, ctx: &CustomerContext) -> Result<CustomerContext, StoreError> {
         let mut ctx = ctx.clone();
+        let json = serde_json::to_vec(&ctx).map_err(|e| StoreError::backend(BACKEND, e))?;
         self.db
             .write(move |txn| {
                 let stored =
@@ -283,7 +283,7 @@ impl ContextStore for EmbeddedStore {
                     return Err(StoreError::Conflict);
                 }
                 let next = stored + 1;
-                put(txn, &ctx, next)?;
+                put(txn, ctx.customer_id.as_str(), &json, next)?;
                 ctx.version = Some(Version::new(next.to_string()));
                 Ok(ctx)
             })

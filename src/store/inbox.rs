@@ -45,6 +45,24 @@ pub struct InboxEntry {
     pub event: InboxEvent,
 }
 
+impl InboxEntry {
+    pub fn key(&self) -> EntryKey {
+        EntryKey {
+            seq: self.seq,
+            partition: self.partition.clone(),
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// What identifies an entry to complete it (embedded: `seq`; Cosmos: partition and id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryKey {
+    pub seq: u64,
+    pub partition: String,
+    pub id: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
     Fresh(Box<InboxEntry>),
@@ -59,7 +77,7 @@ pub trait Inbox: Send + Sync + 'static {
     /// Entries not yet completed, oldest first.
     async fn pending(&self, limit: usize) -> Result<Vec<InboxEntry>, StoreError>;
     /// Removes handled entries (their dedupe keys stay claimed until they expire).
-    async fn complete(&self, seqs: Vec<u64>) -> Result<(), StoreError>;
+    async fn complete(&self, done: Vec<EntryKey>) -> Result<(), StoreError>;
     async fn purge_expired(&self) -> Result<usize, StoreError> {
         Ok(0)
     }
@@ -204,12 +222,12 @@ impl Inbox for EmbeddedInbox {
             .await
     }
 
-    async fn complete(&self, seqs: Vec<u64>) -> Result<(), StoreError> {
+    async fn complete(&self, done: Vec<EntryKey>) -> Result<(), StoreError> {
         self.db
             .write(move |txn| {
                 let mut table = txn.open_table(INBOX).map_err(be)?;
-                for seq in seqs {
-                    table.remove(seq).map_err(be)?;
+                for key in done {
+                    table.remove(key.seq).map_err(be)?;
                 }
                 Ok(())
             })
@@ -227,5 +245,54 @@ impl Inbox for EmbeddedInbox {
                     .count())
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{DeliveryStatus, StatusUpdate};
+
+    fn entry(keys: &[&str], partition: &str) -> NewEntry {
+        NewEntry {
+            dedupe_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            partition: partition.into(),
+            event: InboxEvent::Status(StatusUpdate {
+                message_id: "m".into(),
+                status: DeliveryStatus::Sent,
+                customer: None,
+                at: chrono::Utc::now(),
+                error_code: None,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_is_claimed_once_even_within_one_delivery_and_after_completion() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = EmbeddedInbox::new(EmbeddedDb::open(dir.path()).unwrap())
+            .await
+            .unwrap();
+        let out = inbox
+            .append(vec![
+                entry(&["eg:1", "msg:a"], "p1"),
+                entry(&["eg:2", "msg:a"], "p1"),
+                entry(&["eg:3"], "p2"),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(out[0], Appended::Fresh(_)));
+        assert_eq!(out[1], Appended::Duplicate);
+        assert!(matches!(out[2], Appended::Fresh(_)));
+
+        let pending = inbox.pending(10).await.unwrap();
+        assert_eq!(pending.len(), 2);
+        assert!(pending[0].seq < pending[1].seq);
+        inbox.complete(vec![pending[0].key()]).await.unwrap();
+        assert_eq!(inbox.pending(10).await.unwrap().len(), 1);
+
+        // A redelivery after completion is still a duplicate (the key outlives the entry).
+        let again = inbox.append(vec![entry(&["eg:1"], "p1")]).await.unwrap();
+        assert_eq!(again, vec![Appended::Duplicate]);
     }
 }

@@ -183,3 +183,77 @@ impl MessageLog for EmbeddedMessageLog {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::domain::{DeliveryStatus, Direction};
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn status(status: DeliveryStatus, s: i64) -> StatusUpdate {
+        StatusUpdate {
+            message_id: "out-1".into(),
+            status,
+            customer: None,
+            at: at(s),
+            error_code: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn statuses_only_move_forward_and_an_early_one_is_merged_into_the_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedMessageLog::new(EmbeddedDb::open(dir.path()).unwrap())
+            .await
+            .unwrap();
+        let customer = CustomerId::parse("+14255550123").unwrap();
+        // Delivered arrives before the send is recorded: kept, not listed.
+        assert!(
+            log.apply_status(status(DeliveryStatus::Delivered, 2))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(log.list(&customer).await.unwrap().is_empty());
+        log.record(MessageRecord {
+            message_id: "out-1".into(),
+            customer: Some(customer.clone()),
+            direction: Direction::Outbound,
+            kind: "text".into(),
+            at: at(1),
+            status: Some(DeliveryStatus::Accepted),
+            history: vec![],
+            error_code: None,
+        })
+        .await
+        .unwrap();
+        let listed = log.list(&customer).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].status, Some(DeliveryStatus::Delivered));
+        assert!(
+            log.apply_status(status(DeliveryStatus::Sent, 1))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            log.apply_status(status(DeliveryStatus::Read, 3))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            log.apply_status(status(DeliveryStatus::Read, 3))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let r = log.get("out-1").await.unwrap().unwrap();
+        assert_eq!(r.status, Some(DeliveryStatus::Read));
+    }
+}

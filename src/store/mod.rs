@@ -15,6 +15,7 @@
 pub mod cached;
 pub mod claims;
 pub mod cosmos;
+pub mod cosmos_whatsapp;
 pub mod embedded;
 pub mod handoffs;
 pub mod inbox;

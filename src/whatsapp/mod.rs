@@ -208,11 +208,10 @@ impl WhatsApp {
                 }
             }
         }
-        let total = entries.len();
         let (fresh, duplicate) = self.record(entries).await?;
         Ok(Ingested::Events {
             fresh,
-            duplicate: duplicate + (total - fresh - duplicate),
+            duplicate,
             ignored,
         })
     }
@@ -225,23 +224,31 @@ impl WhatsApp {
         if let Some(claims) = &self.fast_claims
             && !entries.is_empty()
         {
-            // Redis `SET NX` on the Event Grid id: the cross-replica fast path. The durable
-            // insert-if-absent below stays the source of truth; Redis down only loses speed.
-            let keys: Vec<String> = entries
+            // Redis `SET NX` on every dedupe key (Event Grid id, message id): the cross-replica
+            // fast path. The durable insert-if-absent below stays the source of truth; Redis
+            // down only costs the fast path.
+            let keys: Vec<Vec<String>> = entries
                 .iter()
-                .map(|e| format!("wa:{}", e.dedupe_keys[0]))
+                .map(|e| e.dedupe_keys.iter().map(|k| format!("wa:{k}")).collect())
                 .collect();
-            let outcomes =
-                futures::future::join_all(keys.iter().map(|k| claims.claim(k, DEDUPE_TTL))).await;
+            let outcomes = futures::future::join_all(keys.iter().map(|ks| {
+                futures::future::join_all(ks.iter().map(|k| claims.claim(k, DEDUPE_TTL)))
+            }))
+            .await;
             let mut kept = Vec::with_capacity(entries.len());
-            for (entry, outcome) in entries.into_iter().zip(outcomes) {
-                match outcome {
-                    Ok(Claim::Duplicate) => fast_duplicates += 1,
-                    Ok(Claim::Fresh) => {
-                        taken.push(format!("wa:{}", entry.dedupe_keys[0]));
-                        kept.push(entry);
+            for ((entry, keys), outcomes) in entries.into_iter().zip(keys).zip(outcomes) {
+                let mut duplicate = false;
+                for (key, outcome) in keys.into_iter().zip(outcomes) {
+                    match outcome {
+                        Ok(Claim::Fresh) => taken.push(key),
+                        Ok(Claim::Duplicate) => duplicate = true,
+                        Err(_) => {}
                     }
-                    Err(_) => kept.push(entry),
+                }
+                if duplicate {
+                    fast_duplicates += 1;
+                } else {
+                    kept.push(entry);
                 }
             }
             entries = kept;

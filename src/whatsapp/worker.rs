@@ -23,7 +23,7 @@ use crate::domain::{
 };
 use crate::handoff::tools::ConversationTools;
 use crate::store::StoreError;
-use crate::store::inbox::{InboxEntry, InboxEvent, NewEntry};
+use crate::store::inbox::{EntryKey, InboxEntry, InboxEvent, NewEntry};
 
 /// How often pending entries are swept (and at start-up).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -167,7 +167,15 @@ pub fn spawn_workers(app: &crate::app::App, wa: Arc<WhatsApp>) {
                     () = cancel.cancelled() => break,
                     u = statuses.recv() => match u { Some(u) => u, None => break },
                 };
-                w.record_sandbox_status(update, &cancel).await;
+                // Whatever else is waiting goes into the same inbox append.
+                let mut updates = vec![update];
+                while updates.len() < 256 {
+                    match statuses.try_recv() {
+                        Ok(u) => updates.push(u),
+                        Err(_) => break,
+                    }
+                }
+                w.record_sandbox_statuses(updates, &cancel).await;
             }
         });
     }
@@ -196,14 +204,21 @@ impl WhatsApp {
     }
 
     /// The sandbox's statuses take the same path as a provider's: into the inbox, then the worker.
-    async fn record_sandbox_status(&self, update: StatusUpdate, cancel: &CancellationToken) {
-        let entry = NewEntry {
-            dedupe_keys: vec![format!("sandbox:{}:{:?}", update.message_id, update.status)],
-            partition: super::status_partition(&update),
-            event: InboxEvent::Status(update),
-        };
+    async fn record_sandbox_statuses(
+        &self,
+        updates: Vec<StatusUpdate>,
+        cancel: &CancellationToken,
+    ) {
+        let entries: Vec<NewEntry> = updates
+            .into_iter()
+            .map(|update| NewEntry {
+                dedupe_keys: vec![format!("sandbox:{}:{:?}", update.message_id, update.status)],
+                partition: super::status_partition(&update),
+                event: InboxEvent::Status(update),
+            })
+            .collect();
         for _ in 0..ATTEMPTS {
-            match self.record(vec![entry.clone()]).await {
+            match self.record(entries.clone()).await {
                 Ok(_) => return,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot record a sandbox status; retrying");
@@ -257,11 +272,12 @@ impl WhatsApp {
         loop {
             while let Some(entry) = pending.pop_front() {
                 let seq = entry.seq;
+                let key = entry.key();
                 let permit = self.dispatcher.permits.acquire().await;
                 let handled_entry = self.handle_entry(entry, &mut new_messages).await;
                 drop(permit);
                 match handled_entry {
-                    Ok(()) => handled.push(seq),
+                    Ok(()) => handled.push(key),
                     Err(err) => {
                         tracing::warn!(error = %err, seq, "whatsapp inbox entry failed; left for the sweep");
                         // Keep order: this and everything after it wait for the sweep.
@@ -293,15 +309,16 @@ impl WhatsApp {
         self.finish(&handled).await;
     }
 
-    async fn finish(&self, handled: &[u64]) {
+    async fn finish(&self, handled: &[EntryKey]) {
         if handled.is_empty() {
             return;
         }
+        let seqs: Vec<u64> = handled.iter().map(|k| k.seq).collect();
         match self.inbox.complete(handled.to_vec()).await {
-            Ok(()) => self.dispatcher.done(handled),
+            Ok(()) => self.dispatcher.done(&seqs),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot complete whatsapp inbox entries");
-                self.dispatcher.abandon(handled);
+                self.dispatcher.abandon(&seqs);
             }
         }
     }

@@ -17,4 +17,5 @@ mod support;
 mod voice;
 mod voice_registry;
 mod whatsapp;
+mod whatsapp_load;
 mod whatsapp_outbound;

@@ -10,7 +10,7 @@ use handoff::app::Hooks;
 use handoff::config::{Secret, Settings};
 use handoff::domain::CustomerId;
 use handoff::store::StoreError;
-use handoff::store::inbox::{Appended, Inbox, InboxEntry, NewEntry};
+use handoff::store::inbox::{Appended, EntryKey, Inbox, InboxEntry, NewEntry};
 use serde_json::{Value, json};
 
 use crate::support::TestApp;
@@ -419,8 +419,8 @@ impl Inbox for SwitchableInbox {
     async fn pending(&self, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
         self.inner.pending(limit).await
     }
-    async fn complete(&self, seqs: Vec<u64>) -> Result<(), StoreError> {
-        self.inner.complete(seqs).await
+    async fn complete(&self, done: Vec<EntryKey>) -> Result<(), StoreError> {
+        self.inner.complete(done).await
     }
 }
 
@@ -492,4 +492,64 @@ async fn whatsapp_store_down_with_redis_releases_the_fast_path_claim() {
         count(m, "inbound") == 1
     })
     .await;
+}
+
+/// The same story with the inbox and message log in Cosmos DB (the test server).
+#[tokio::test]
+async fn whatsapp_on_cosmos_records_answers_dedupes_and_orders_statuses() {
+    let cosmos = crate::support::services::CosmosServer::start();
+    let endpoint = cosmos.endpoint();
+    let app = TestApp::spawn_with(move |s| {
+        quick(s);
+        s.cosmos = Some(handoff::config::CosmosSettings {
+            endpoint,
+            key: Some(Secret::new(
+                crate::support::services::COSMOS_EMULATOR_KEY.to_owned(),
+            )),
+            database: "wa".into(),
+            managed_identity_client_id: None,
+        });
+    })
+    .await;
+    let batch = json!([
+        text("e1", "m1", "hello from cosmos"),
+        received(
+            "e2",
+            "m2",
+            json!({"messageType": "reaction", "reaction": {"messageId": "m1", "emoji": "👍"}})
+        ),
+    ]);
+    assert_eq!(deliver(&app, &batch).await.status(), 200);
+    let m = eventually(&app, CUSTOMER, "two inbound and a delivered reply", |m| {
+        count(m, "inbound") == 2
+            && m.iter()
+                .any(|r| r["direction"] == "outbound" && r["status"] == "delivered")
+    })
+    .await;
+    let id = m.iter().find(|r| r["direction"] == "outbound").unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(deliver(&app, &batch).await.status(), 200);
+    deliver(
+        &app,
+        &json!([
+            status("s1", &id, "Read", None),
+            status("s2", &id, "delivered", None)
+        ]),
+    )
+    .await;
+    deliver(&app, &json!([text("e3", "m3", "marker")])).await;
+    let m = eventually(&app, CUSTOMER, "the marker answered", |m| {
+        count(m, "inbound") == 3 && count(m, "outbound") == 2
+    })
+    .await;
+    let first = m.iter().find(|r| r["message_id"] == id.as_str()).unwrap();
+    assert_eq!(first["status"], "read", "{first:#?}");
+    let inbound: Vec<_> = m
+        .iter()
+        .filter(|r| r["direction"] == "inbound")
+        .map(|r| r["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(inbound, ["m1", "m2", "m3"]);
 }

@@ -504,3 +504,57 @@ async fn whatsapp_inbound_media_is_downloaded_and_the_reply_goes_to_acs() {
         .expect("templates listed");
     assert!(listing.signature_ok);
 }
+
+#[tokio::test]
+async fn whatsapp_templates_are_refreshed_from_every_page_of_the_acs_list() {
+    let acs = FakeAcs::start().await;
+    let app = app_with_acs(&acs).await;
+    let approved = |name: &str| {
+        app.state.whatsapp.templates().iter().any(|t| {
+            t.name == name && t.status == handoff::domain::template::TemplateStatus::Approved
+        })
+    };
+    for _ in 0..250 {
+        if approved("order_update") && approved("conversation_continuation") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        approved("order_update"),
+        "{:?}",
+        app.state.whatsapp.templates()
+    );
+    assert!(approved("conversation_continuation"));
+    let listings: Vec<_> = acs
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/templates"))
+        .collect();
+    assert_eq!(listings.len(), 2);
+    assert!(listings.iter().all(|r| r.signature_ok));
+    assert_eq!(
+        listings[1].query,
+        "api-version=2024-08-30&continuationToken=page2"
+    );
+
+    // A template learned from ACS is checked like the built-in one.
+    let customer = last_inbound(&app, chrono::Duration::hours(30)).await;
+    let wa = &app.state.whatsapp;
+    assert!(matches!(
+        wa.send_template(&customer, "order_update", vec![], None)
+            .await,
+        Err(SendError::Template(TemplateError::ParameterCount {
+            expected: 1,
+            given: 0,
+            ..
+        }))
+    ));
+    wa.send_template(&customer, "order_update", vec!["A-17".into()], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        acs.sends().pop().unwrap().json()["template"]["values"],
+        json!([{"kind": "text", "name": "body1", "text": "A-17"}])
+    );
+}

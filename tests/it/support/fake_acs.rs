@@ -199,12 +199,25 @@ async fn handle(
         return response;
     }
     if uri.path().ends_with("/templates") {
-        return (
-            StatusCode::OK,
+        // Two pages: the first links to the second, as ACS pages with `nextLink`.
+        let page = if uri
+            .query()
+            .unwrap_or("")
+            .contains("continuationToken=page2")
+        {
             r#"{"value":[{"name":"conversation_continuation","language":"en_US","status":"approved","kind":"whatsApp",
-               "content":[{"type":"BODY","text":"Hi {{1}}, {{2}}"},{"type":"BUTTONS","buttons":[{"type":"QUICK_REPLY","text":"Continue"}]}]}],"nextLink":null}"#,
-        )
-            .into_response();
+               "content":[{"type":"BODY","text":"Hi {{1}}, {{2}}"},{"type":"BUTTONS","buttons":[{"type":"QUICK_REPLY","text":"Continue"}]}]}],"nextLink":null}"#
+                .to_owned()
+        } else {
+            format!(
+                r#"{{"value":[{{"name":"order_update","language":"en_US","status":"approved","kind":"whatsApp",
+                   "content":[{{"type":"BODY","text":"Your order {{{{1}}}} shipped."}}]}}],
+                   "nextLink":"http://{}{}?api-version=2024-08-30&continuationToken=page2"}}"#,
+                get("host"),
+                uri.path()
+            )
+        };
+        return (StatusCode::OK, page).into_response();
     }
     let to = serde_json::from_slice::<serde_json::Value>(&recorded_to(&inner))
         .ok()
