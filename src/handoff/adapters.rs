@@ -5,7 +5,8 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 
-use super::{CallControl, ContinuationRequest, ContinuationSender, SendRefusal};
+use super::{CallControl, ContinuationRequest, ContinuationSender, Delivery, SendRefusal};
+use crate::domain::DeliveryStatus;
 use crate::voice::client::{VoiceError, VoiceProvider};
 use crate::whatsapp::{SendError, SenderError, WhatsApp};
 
@@ -54,6 +55,25 @@ impl ContinuationSender for WhatsAppContinuation {
                     message: other.to_string(),
                 },
             }),
+        }
+    }
+
+    async fn delivery(&self, message_id: &str) -> Option<Delivery> {
+        self.status_of(message_id).await
+    }
+}
+
+impl WhatsAppContinuation {
+    async fn status_of(&self, message_id: &str) -> Option<Delivery> {
+        let whatsapp = self.0.upgrade()?;
+        let record = whatsapp.message(message_id).await.ok()??;
+        match record.status? {
+            DeliveryStatus::Delivered => Some(Delivery::Delivered),
+            DeliveryStatus::Read => Some(Delivery::Read),
+            DeliveryStatus::Failed => Some(Delivery::Failed {
+                code: record.error_code,
+            }),
+            DeliveryStatus::Accepted | DeliveryStatus::Sent => None,
         }
     }
 }

@@ -92,6 +92,10 @@ pub trait ContinuationSender: Send + Sync + 'static {
     /// Sends the template; `Ok(provider message id)` once the provider accepted it.
     async fn send_continuation(&self, request: &ContinuationRequest)
     -> Result<String, SendRefusal>;
+
+    /// What is known so far about the delivery of a sent message. Statuses can arrive before
+    /// the saga has recorded the message id (a fast provider), so the saga catches up here.
+    async fn delivery(&self, message_id: &str) -> Option<Delivery>;
 }
 
 /// The voice side of the saga, for hang-ups the saga must do itself (after a crash).
@@ -115,6 +119,16 @@ pub enum Delivery {
     Delivered,
     Read,
     Failed { code: Option<String> },
+}
+
+impl Delivery {
+    /// The milestones a status stands for: a message read was delivered too.
+    fn steps(self) -> Vec<Delivery> {
+        match self {
+            Self::Read => vec![Self::Delivered, Self::Read],
+            other => vec![other],
+        }
+    }
 }
 
 pub struct HandoffService {
@@ -343,6 +357,11 @@ impl HandoffService {
                 })
                 .await?;
                 tracing::info!(handoff_id = %id, message_id = %message_id, "continuation template accepted");
+                if let Some(delivery) = self.sender.delivery(&message_id).await {
+                    for step in delivery.steps() {
+                        self.on_delivery(id, step).await?;
+                    }
+                }
                 Ok(TurnAction::HandoffSent {
                     handoff_id: id.clone(),
                 })

@@ -352,6 +352,11 @@ impl WhatsApp {
     }
 
     /// The customer's conversation, both directions, in order.
+    /// One message's record (status, error code), by provider message id.
+    pub async fn message(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        self.log.get(message_id).await
+    }
+
     pub async fn messages(&self, customer: &CustomerId) -> Result<Vec<MessageRecord>, StoreError> {
         self.log.list(customer).await
     }
