@@ -12,10 +12,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
 
 /// The access key the fake expects (what a connection string's `accesskey` decodes to).
 pub const KEY: &[u8] = b"fake-acs-access-key-for-tests-only";
@@ -116,20 +112,6 @@ pub fn answer(status: u16, body: &str) -> Scripted {
     }
 }
 
-fn expected_signature(
-    method: &str,
-    path_and_query: &str,
-    date: &str,
-    host: &str,
-    hash: &str,
-) -> String {
-    let to_sign = format!("{method}\n{path_and_query}\n{date};{host};{hash}");
-    let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
-    mac.update(to_sign.as_bytes());
-    let sig = B64.encode(mac.finalize().into_bytes());
-    format!("HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={sig}")
-}
-
 async fn handle(
     State(inner): State<Arc<Inner>>,
     method: Method,
@@ -144,20 +126,7 @@ async fn handle(
             .unwrap_or("")
             .to_owned()
     };
-    let path_and_query = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let hash = B64.encode(Sha256::digest(&body));
-    let signature_ok = get("x-ms-content-sha256") == hash
-        && get("authorization")
-            == expected_signature(
-                method.as_str(),
-                &path_and_query,
-                &get("x-ms-date"),
-                &get("host"),
-                &hash,
-            );
+    let signature_ok = super::acs_signature::verify(KEY, &method, &uri, &headers, &body);
     let recorded = Recorded {
         method: method.to_string(),
         path: uri.path().to_owned(),

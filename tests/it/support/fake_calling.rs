@@ -13,11 +13,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 pub const ACCESS_KEY: &[u8] = b"fake-acs-access-key";
 
@@ -225,32 +221,7 @@ async fn post_callback(
 }
 
 fn verify(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> bool {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    };
-    let hash = B64.encode(Sha256::digest(body));
-    if header("x-ms-content-sha256") != hash {
-        return false;
-    }
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
-    let to_sign = format!(
-        "{}\n{}\n{};{};{}",
-        method.as_str(),
-        path_and_query,
-        header("x-ms-date"),
-        header("host"),
-        hash
-    );
-    let mut mac = Hmac::<Sha256>::new_from_slice(ACCESS_KEY).unwrap();
-    mac.update(to_sign.as_bytes());
-    let expected = format!(
-        "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={}",
-        B64.encode(mac.finalize().into_bytes())
-    );
-    header("authorization") == expected
+    super::acs_signature::verify(ACCESS_KEY, method, uri, headers, body)
 }
 
 async fn handle(

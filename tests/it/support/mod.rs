@@ -1,5 +1,6 @@
 //! Helpers shared by the tests: real backing services and the app on port 0.
 
+pub mod acs_signature;
 pub mod app;
 pub mod fake_acs;
 pub mod services;
