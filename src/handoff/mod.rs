@@ -389,19 +389,19 @@ impl HandoffService {
     }
 
     pub async fn goodbye_played(&self, id: &HandoffId) -> Result<(), SagaError> {
-        let now = Utc::now();
-        update_handoff(self.handoffs.as_ref(), id, |h| {
-            h.apply(Milestone::GoodbyePlayed, now, None) == Ok(crate::domain::Applied::Recorded)
-        })
-        .await?;
-        Ok(())
+        self.record(id, Milestone::GoodbyePlayed).await
     }
 
     /// Records that the call ended (the session hung up, or the caller did).
     pub async fn call_ended(&self, id: &HandoffId) -> Result<(), SagaError> {
+        self.record(id, Milestone::CallEnded).await
+    }
+
+    /// Records a milestone now; nothing is written when it was already recorded.
+    async fn record(&self, id: &HandoffId, milestone: Milestone) -> Result<(), SagaError> {
         let now = Utc::now();
         update_handoff(self.handoffs.as_ref(), id, |h| {
-            h.apply(Milestone::CallEnded, now, None) == Ok(crate::domain::Applied::Recorded)
+            h.apply(milestone, now, None) == Ok(crate::domain::Applied::Recorded)
         })
         .await?;
         Ok(())
@@ -499,11 +499,7 @@ impl HandoffService {
         let Some(handoff) = target else {
             return Ok(None);
         };
-        let now = Utc::now();
-        update_handoff(self.handoffs.as_ref(), &handoff.id, |h| {
-            h.apply(Milestone::Resumed, now, None) == Ok(crate::domain::Applied::Recorded)
-        })
-        .await?;
+        self.record(&handoff.id, Milestone::Resumed).await?;
         tracing::info!(handoff_id = %handoff.id, customer = %customer, "handoff resumed on WhatsApp");
         Ok(Some(handoff.id))
     }
