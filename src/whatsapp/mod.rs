@@ -286,6 +286,9 @@ impl WhatsApp {
         let mut seen = self.unknown_types.lock().unwrap_or_else(|p| p.into_inner());
         let count = seen.entry(event_type.to_owned()).or_insert(0);
         *count += 1;
+        // Event types are a small set chosen by Azure, so they make a bounded label.
+        metrics::counter!("handoff_whatsapp_unknown_events_total", "event_type" => event_type.to_owned())
+            .increment(1);
         if *count == 1 {
             tracing::info!(
                 event_type,
