@@ -256,6 +256,7 @@ impl HandoffService {
             })
             .await?;
         tracing::info!(handoff_id = %id, customer = %customer, "handoff accepted");
+        metrics::counter!("handoff_accepted_total").increment(1);
         self.drive(&id).await
     }
 
@@ -357,6 +358,7 @@ impl HandoffService {
                 })
                 .await?;
                 tracing::info!(handoff_id = %id, message_id = %message_id, "continuation template accepted");
+                metrics::counter!("handoff_template_sent_total").increment(1);
                 if let Some(delivery) = self.sender.delivery(&message_id).await {
                     for step in delivery.steps() {
                         self.on_delivery(id, step).await?;
@@ -372,6 +374,7 @@ impl HandoffService {
 
     async fn refuse(&self, id: &HandoffId, refusal: SendRefusal) -> Result<TurnAction, SagaError> {
         tracing::warn!(handoff_id = %id, reason = refusal.reason(), error = %refusal, "handoff refused");
+        metrics::counter!("handoff_refused_total", "reason" => refusal.reason()).increment(1);
         let failure = HandoffFailure {
             reason: refusal.reason().to_owned(),
             code: refusal.code(),
@@ -501,6 +504,7 @@ impl HandoffService {
         };
         self.record(&handoff.id, Milestone::Resumed).await?;
         tracing::info!(handoff_id = %handoff.id, customer = %customer, "handoff resumed on WhatsApp");
+        metrics::counter!("handoff_resumed_total").increment(1);
         Ok(Some(handoff.id))
     }
 

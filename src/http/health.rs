@@ -23,14 +23,17 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-/// Prometheus text exposition of everything recorded with the `metrics` macros.
-async fn metrics() -> impl IntoResponse {
+/// Prometheus text exposition: everything recorded with the `metrics` macros, and the voice
+/// counters.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut body = crate::telemetry::metrics().render();
+    body.push_str(&state.voice.stats.prometheus());
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::telemetry::metrics().render(),
+        body,
     )
 }
 

@@ -123,4 +123,8 @@ async fn metrics_are_exposed_for_prometheus() {
     );
     let body = response.text().await.unwrap();
     assert!(body.contains("handoff_test_marker_total 1"), "{body}");
+    assert!(
+        body.contains("handoff_voice_calls_answered_total 0"),
+        "voice counters: {body}"
+    );
 }

@@ -332,6 +332,24 @@ async fn the_whole_story_from_yes_on_the_phone_to_the_answer_on_whatsapp() {
     );
     assert!(answer.contains("From the call: "), "{answer}");
 
+    // Operators see the saga on /metrics.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "handoff_accepted_total",
+        "handoff_template_sent_total",
+        "handoff_resumed_total",
+    ] {
+        assert!(metrics.contains(name), "{name} in {metrics}");
+    }
+
     // The admin API shows the handoff's history.
     let body: Value = app
         .http
