@@ -85,6 +85,10 @@ pub struct AcsRequest {
     pub api_version: String,
     pub body: Option<Bytes>,
     pub retry: Retry,
+    /// A fixed `Repeatability-Request-ID` and `Repeatability-First-Sent` for a request that
+    /// must be recognised as the same one even when a different process sends it again;
+    /// otherwise they are generated once per `send`.
+    pub repeatability: Option<(String, String)>,
 }
 
 impl AcsRequest {
@@ -102,6 +106,7 @@ impl AcsRequest {
                 serde_json::to_vec(body).expect("request bodies serialise"),
             )),
             retry,
+            repeatability: None,
         }
     }
 
@@ -245,10 +250,10 @@ impl AcsClient {
         let url = format!("{}{}", self.endpoint, path_and_query);
         // Generated once per logical request and reused on every retry.
         let repeatability = (request.retry == Retry::Repeatable).then(|| {
-            (
-                uuid::Uuid::new_v4().to_string(),
-                Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
-            )
+            request
+                .repeatability
+                .clone()
+                .unwrap_or_else(|| (uuid::Uuid::new_v4().to_string(), imf_date(Utc::now())))
         });
         let body = request.body.clone().unwrap_or_default();
         let max_attempts = if request.retry == Retry::Never {
@@ -337,7 +342,7 @@ impl AcsClient {
         let mut headers = HeaderMap::new();
         match &self.auth {
             Auth::Key(key) => {
-                let date = Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+                let date = imf_date(Utc::now());
                 let signed = sign(key, method, path_and_query, &self.host, &date, body);
                 headers.insert(HeaderName::from_static("x-ms-date"), header(&signed.date));
                 headers.insert(
@@ -362,6 +367,21 @@ impl AcsClient {
         }
         Ok(headers)
     }
+}
+
+/// IMF-fixdate, as `x-ms-date` and `Repeatability-First-Sent` want it.
+pub fn imf_date(at: chrono::DateTime<Utc>) -> String {
+    at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+/// The `Repeatability-Request-ID` for a logical send identified by `key`: a UUID, the same for
+/// the same key in every process.
+pub fn repeatability_id(key: &str) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("handoff:{key}").as_bytes(),
+    )
+    .to_string()
 }
 
 fn header(value: &str) -> HeaderValue {

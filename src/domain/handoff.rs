@@ -168,6 +168,10 @@ pub struct Handoff {
     pub provider_message_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<HandoffFailure>,
+    /// When the first attempt to send the template began: recorded before the send, so a
+    /// replica that resumes after a crash presents the provider with the same request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_started_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     #[serde(skip)]
@@ -191,6 +195,7 @@ impl Handoff {
             template: None,
             provider_message_id: None,
             failure: None,
+            send_started_at: None,
             created_at: now,
             updated_at: now,
             version: None,

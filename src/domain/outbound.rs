@@ -75,6 +75,17 @@ pub struct TemplateMessage {
     pub body: Vec<String>,
     /// Quick-reply button payloads, in button order.
     pub quick_replies: Vec<String>,
+    /// Set for sends that must happen at most once even across crashes and replicas (the
+    /// handoff's continuation): providers that deduplicate requests use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Idempotency>,
+}
+
+/// A logical send's identity: the same key and first-sent time on every attempt, by any replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Idempotency {
+    pub key: String,
+    pub first_sent: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

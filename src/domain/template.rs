@@ -187,6 +187,7 @@ impl TemplateRegistry {
             language: spec.language.clone(),
             body,
             quick_replies,
+            idempotency: None,
         })
     }
 }

@@ -31,12 +31,17 @@ impl ContinuationSender for WhatsAppContinuation {
             .button_payload
             .clone()
             .filter(|_| whatsapp.quick_reply_buttons(&request.template) > 0);
+        let once = crate::domain::outbound::Idempotency {
+            key: request.idempotency_key.clone(),
+            first_sent: request.first_sent,
+        };
         let sent = whatsapp
-            .send_template(
+            .send_template_once(
                 &request.customer,
                 &request.template,
                 request.parameters.clone(),
                 payload,
+                Some(once),
             )
             .await;
         match sent {

@@ -51,6 +51,8 @@ pub struct ContinuationRequest {
     pub button_payload: Option<String>,
     /// Stable across retries and replicas: the provider deduplicates on it.
     pub idempotency_key: String,
+    /// When the first attempt to send began (persisted before it), for the same reason.
+    pub first_sent: chrono::DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -329,7 +331,21 @@ impl HandoffService {
                 reason: "in_progress".into(),
             });
         }
+        // The send's identity, persisted before it happens: whoever sends (this replica now, or
+        // another after a crash) presents the same request, and a provider that deduplicates
+        // (ACS repeatability) sends the template once.
+        let now = Utc::now();
+        let stamped = update_handoff(self.handoffs.as_ref(), id, |h| {
+            if h.send_started_at.is_some() {
+                return false;
+            }
+            h.send_started_at = Some(now);
+            true
+        })
+        .await?;
+        let first_sent = stamped.send_started_at.unwrap_or(now);
         let request = ContinuationRequest {
+            first_sent,
             handoff_id: id.clone(),
             customer: handoff.customer_id.clone(),
             template: self.settings.template_name.clone(),

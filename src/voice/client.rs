@@ -183,6 +183,7 @@ impl VoiceProvider for AcsCallAutomation {
             api_version: self.settings.call_automation_api_version.clone(),
             body: Some(bytes::Bytes::from_static(b"{}")),
             retry: Retry::Idempotent,
+            repeatability: None,
         };
         self.client.send(&request).await?;
         Ok(())
@@ -195,6 +196,7 @@ impl VoiceProvider for AcsCallAutomation {
             api_version: self.settings.call_automation_api_version.clone(),
             body: None,
             retry: Retry::Idempotent,
+            repeatability: None,
         };
         match self.client.send(&request).await {
             // Already gone: the goal of hanging up is reached.
@@ -210,6 +212,7 @@ impl VoiceProvider for AcsCallAutomation {
             api_version: self.settings.call_automation_api_version.clone(),
             body: Some(bytes::Bytes::from_static(b"{}")),
             retry: Retry::Repeatable,
+            repeatability: None,
         };
         match self.client.send(&request).await {
             Err(AcsError::Rejected { status: 404, .. }) => Ok(()),

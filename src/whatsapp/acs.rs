@@ -434,6 +434,7 @@ impl AcsSender {
             api_version: self.api_version.clone(),
             body: None,
             retry: Retry::Idempotent,
+            repeatability: None,
         };
         Ok(self.client.send(&request).await?.body)
     }
@@ -451,6 +452,7 @@ impl AcsSender {
                 api_version: query.clone(),
                 body: None,
                 retry: Retry::Idempotent,
+                repeatability: None,
             };
             let response = self.client.send(&request).await?;
             let page: TemplatePage = serde_json::from_slice(&response.body)
@@ -566,12 +568,20 @@ impl WhatsAppSender for AcsSender {
         } else {
             &self.api_version
         };
-        let request = AcsRequest::post_json(
+        let mut request = AcsRequest::post_json(
             "/messages/notifications:send",
             version,
             &body,
             Retry::Repeatable,
         );
+        if let OutboundMessage::Template(t) = message
+            && let Some(once) = &t.idempotency
+        {
+            request.repeatability = Some((
+                crate::acs::repeatability_id(&once.key),
+                crate::acs::imf_date(once.first_sent),
+            ));
+        }
         let response = self.client.send(&request).await?;
         let result: SendResult = serde_json::from_slice(&response.body)
             .map_err(|e| SenderError::Unavailable(format!("unreadable send result: {e}")))?;
@@ -700,6 +710,7 @@ mod tests {
             language: "en_US".into(),
             body: vec!["Ada".into(), "Billing".into()],
             quick_replies: vec!["h-1".into()],
+            idempotency: None,
         });
         let (body, preview) = send_body("chan", "14250000000", &msg);
         assert!(!preview);

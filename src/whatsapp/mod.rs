@@ -323,7 +323,22 @@ impl WhatsApp {
         params: Vec<String>,
         button_payload: Option<String>,
     ) -> Result<SentMessage, SendError> {
-        let message = {
+        self.send_template_once(customer, name, params, button_payload, None)
+            .await
+    }
+
+    /// Like [`Self::send_template`], for a send that must happen at most once even when another
+    /// process repeats it after a crash: providers that deduplicate (ACS repeatability) get the
+    /// same request identity every time.
+    pub async fn send_template_once(
+        &self,
+        customer: &CustomerId,
+        name: &str,
+        params: Vec<String>,
+        button_payload: Option<String>,
+        idempotency: Option<crate::domain::outbound::Idempotency>,
+    ) -> Result<SentMessage, SendError> {
+        let mut message = {
             let registry = self.templates.read().unwrap_or_else(|p| p.into_inner());
             registry.build(
                 name,
@@ -332,6 +347,7 @@ impl WhatsApp {
                 button_payload.into_iter().collect(),
             )?
         };
+        message.idempotency = idempotency;
         let mut sent = self
             .planner
             .send(

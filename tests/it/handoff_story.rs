@@ -651,3 +651,60 @@ async fn a_button_reply_resumes_the_handoff_it_carries() {
             .reached(Milestone::Resumed)
     );
 }
+
+/// A replica crashed after ACS accepted the template but before `TemplateSent` was recorded.
+/// The replica that resumes the saga sends with the same `Repeatability-Request-ID` and
+/// `Repeatability-First-Sent` (recorded before the first attempt), so ACS recognises the repeat
+/// and the customer gets one template.
+#[tokio::test]
+async fn a_resumed_send_presents_acs_the_same_request_identity() {
+    use crate::support::fake_acs::{FakeAcs, KEY};
+    use handoff::config::{AcsAuth, AcsSettings, Secret};
+
+    let dir = tempfile::tempdir().unwrap();
+    let customer = CustomerId::parse_phone(CUSTOMER).unwrap();
+    let first_attempt = Utc::now() - chrono::Duration::minutes(3);
+    let first_attempt = first_attempt
+        - chrono::Duration::nanoseconds(first_attempt.timestamp_subsec_nanos() as i64);
+    let stuck = {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut h = Handoff::new(customer.clone(), Some("call-acs".into()), first_attempt);
+        for m in [
+            Milestone::Offered,
+            Milestone::Accepted,
+            Milestone::Summarised,
+        ] {
+            h.apply(m, first_attempt, None).unwrap();
+        }
+        h.summary = Some("You told us: the power is out.".into());
+        h.send_started_at = Some(first_attempt);
+        store.create(&h).await.unwrap()
+    };
+    let fake = FakeAcs::start().await;
+    let mut settings = Settings::embedded(dir.path());
+    settings.host = "127.0.0.1".parse().unwrap();
+    settings.port = 0;
+    settings.handoff.goodbye_timeout = Duration::from_secs(1);
+    settings.acs = Some(AcsSettings {
+        endpoint: fake.endpoint(),
+        auth: AcsAuth::AccessKey(Secret::new(KEY.to_vec())),
+    });
+    settings.whatsapp.acs_channel_id = Some(crate::whatsapp::CHANNEL.into());
+    let app = TestApp::start(settings).await;
+    handoff_of(&app, "template sent", |h| {
+        h.reached(Milestone::TemplateSent)
+    })
+    .await;
+    let sends = fake.sends();
+    assert_eq!(sends.len(), 1);
+    assert!(sends[0].signature_ok);
+    assert_eq!(sends[0].json()["kind"], "template");
+    assert_eq!(
+        sends[0].header("repeatability-request-id"),
+        Some(handoff::acs::repeatability_id(stuck.id.as_str()).as_str())
+    );
+    assert_eq!(
+        sends[0].header("repeatability-first-sent"),
+        Some(handoff::acs::imf_date(first_attempt).as_str())
+    );
+}
