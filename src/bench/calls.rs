@@ -32,7 +32,7 @@ struct Connected {
 }
 
 pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsReport, BenchError> {
-    let service = Service::start(args, |s| {
+    let service = Service::start(args, true, |s| {
         // A short wait: the agent answers turns and never offers WhatsApp (that is `handoff`).
         s.handoff.queue_wait_seconds = 0;
         s.voice.silence_timeout = Duration::from_secs(600);
@@ -53,7 +53,11 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
     let run = uuid::Uuid::new_v4().simple().to_string();
     let gate = Arc::new(tokio::sync::Semaphore::new(RINGING));
     let mut setups = Vec::with_capacity(k);
+    // One client for every set-up: a client per call would count its pool and TLS roots as
+    // the service's memory per call.
+    let http = reqwest::Client::new();
     for i in 0..k {
+        let http = http.clone();
         let gate = gate.clone();
         let state = service.state.clone();
         let sandbox = sandbox.clone();
@@ -67,7 +71,6 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
                 &format!("corr-{run}-{i}"),
                 &phone,
             );
-            let http = reqwest::Client::new();
             let answered = http
                 .post(format!("{base}/api/v1/calls/incoming"))
                 .json(&event)

@@ -98,7 +98,7 @@ pub(super) async fn baseline(
 
 pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<IngestReport, BenchError> {
     let load = build_load(args);
-    let service = Service::start(args, |s| {
+    let service = Service::start(args, !args.ack_only, |s| {
         // The sandbox provider has no Meta rate limits: pacing would only make the drain slow.
         s.whatsapp.send_rate_per_sec = 100_000;
         s.whatsapp.recipient_min_interval = Duration::ZERO;
@@ -118,6 +118,31 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<IngestR
     ));
     let bodies = Arc::new(load.bodies);
     let figures = super::load::drive(&url, bodies, args.connections, "ingest", progress).await;
+    if args.ack_only {
+        let backlog = service
+            .state
+            .whatsapp
+            .backlog(load.unique + 1)
+            .await
+            .map_err(|e| BenchError::Failed(format!("reading the inbox: {e}")))?;
+        let verification = Verification {
+            expected: load.unique,
+            backlog,
+            exactly_once: backlog == load.unique && figures.errors == 0,
+            ..Verification::default()
+        };
+        service.stop().await;
+        return Ok(IngestReport {
+            load: figures,
+            unique_messages: load.unique,
+            duplicate_deliveries: load.duplicates,
+            customers: load.messages.len(),
+            share_of_baseline: None,
+            drain_seconds: 0.0,
+            ack_only: true,
+            verification,
+        });
+    }
     let drain_started = Instant::now();
     progress.say("ingest: waiting for the inbox to drain");
     let mut backlog = usize::MAX;
@@ -156,6 +181,7 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<IngestR
         customers: load.messages.len(),
         share_of_baseline: None,
         drain_seconds,
+        ack_only: false,
         verification,
     })
 }

@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// Handoffs in flight at once.
     #[arg(long, default_value_t = 4)]
     pub handoff_concurrency: usize,
+    /// `ingest` without the inbox worker: measures acknowledgements alone, then checks that
+    /// every unique message is in the inbox exactly once (nothing is handled).
+    #[arg(long)]
+    pub ack_only: bool,
     /// Redis URL: claims and the context cache in Redis (default: in-process, embedded).
     #[arg(long)]
     pub redis_url: Option<String>,
@@ -90,6 +94,7 @@ impl Default for BenchArgs {
             turn_every: 3,
             handoffs: 50,
             handoff_concurrency: 4,
+            ack_only: false,
             redis_url: None,
             cosmos_endpoint: None,
             cosmos_key: None,
@@ -170,6 +175,7 @@ impl Service {
     /// adjusts the settings for the mode.
     pub(crate) async fn start(
         args: &BenchArgs,
+        workers: bool,
         tune: impl FnOnce(&mut crate::config::Settings),
     ) -> Result<Self, BenchError> {
         let data = crate::demo::tempfile_dir().map_err(|e| BenchError::Start(e.to_string()))?;
@@ -200,7 +206,9 @@ impl Service {
         let app = crate::app::App::build(settings)
             .await
             .map_err(|e| BenchError::Start(e.to_string()))?;
-        crate::app::spawn_standard_workers(&app);
+        if workers {
+            crate::app::spawn_standard_workers(&app);
+        }
         let state = app.state().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run(async {

@@ -88,7 +88,7 @@ pub(super) async fn run(
     progress: &Progress,
 ) -> Result<HandoffReport, BenchError> {
     let service = Arc::new(
-        Service::start(args, |s| {
+        Service::start(args, true, |s| {
             s.handoff.queue_wait_seconds = 540;
             s.whatsapp.burst_wait = Duration::from_millis(100);
         })
