@@ -356,10 +356,10 @@ fn io(e: tokio_tungstenite::tungstenite::Error) -> DemoError {
 }
 
 /// A private data directory that is removed afterwards.
-struct TempDir(std::path::PathBuf);
+pub(crate) struct TempDir(std::path::PathBuf);
 
 impl TempDir {
-    fn path(&self) -> &std::path::Path {
+    pub(crate) fn path(&self) -> &std::path::Path {
         &self.0
     }
 }
@@ -370,7 +370,7 @@ impl Drop for TempDir {
     }
 }
 
-fn tempfile_dir() -> Result<TempDir, DemoError> {
+pub(crate) fn tempfile_dir() -> Result<TempDir, DemoError> {
     let dir = std::env::temp_dir().join(format!("handoff-demo-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)
         .map_err(|e| DemoError::Start(format!("{}: {e}", dir.display())))?;

@@ -8,10 +8,12 @@
 //! - [`app`]: wiring, workers, graceful shutdown.
 //! - [`telemetry`]: logging set-up.
 //! - [`whatsapp`]: inbox, worker, send planner, ACS and sandbox providers.
+//! - [`bench`]: `handoff bench`, the load and performance harness.
 
 pub mod acs;
 pub mod agent;
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod domain;

@@ -21,12 +21,17 @@ enum Command {
     /// Play the whole story locally (call, offer, yes, template, hang-up, WhatsApp reply) and
     /// print what happens on both channels. Needs no configuration and no network.
     Demo,
+    /// Load and performance harness: drives an in-process service over loopback (see
+    /// docs/performance.md). Modes: baseline, ingest, calls, handoff (default: all).
+    Bench(handoff::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Demo = cli.command {
-        return demo();
+    match cli.command {
+        Command::Demo => return demo(),
+        Command::Bench(args) => return bench(&args),
+        Command::Serve => {}
     }
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
@@ -45,7 +50,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Demo => unreachable!("handled above"),
+            Command::Demo | Command::Bench(_) => unreachable!("handled above"),
             Command::Serve => {
                 let app = App::build(settings).await?;
                 // One plain line on stdout for operators and scripts (the port may be 0).
@@ -81,6 +86,39 @@ fn demo() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("handoff demo failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(args: &handoff::bench::BenchArgs) -> ExitCode {
+    if std::env::var_os("RUST_LOG").is_some() {
+        handoff::telemetry::init(handoff::config::LogFormat::Human);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("handoff: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(handoff::bench::run(args)) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(json) => println!("{json}"),
+                    Err(err) => {
+                        eprintln!("handoff bench: {err}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", report.table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("handoff bench failed: {err}");
             ExitCode::FAILURE
         }
     }

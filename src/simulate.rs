@@ -6,7 +6,7 @@
 use chrono::Utc;
 use futures::SinkExt;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// An Event Grid delivery of one `Microsoft.Communication.IncomingCall` from `phone` (E.164).
 pub fn incoming_call(event_id: &str, correlation_id: &str, phone: &str) -> Value {
@@ -93,6 +93,15 @@ impl MediaSocket {
         self.ws.send(Message::Text(frame.to_string().into())).await
     }
 
+    /// Sends a frame rendered earlier (see [`MediaSocket::audio_frame_text`]): a load generator
+    /// streaming many calls renders each call's frame once and spends its CPU on sending.
+    pub async fn send_rendered(
+        &mut self,
+        frame: &Utf8Bytes,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(Message::Text(frame.clone())).await
+    }
+
     /// A transcription result; `offset` (100-ns ticks) identifies the utterance.
     pub async fn transcription(
         &mut self,
@@ -119,11 +128,18 @@ impl MediaSocket {
         payload_base64: &str,
         silent: bool,
     ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        let frame = json!({"kind": "AudioData", "audioData": {
+        let frame = self.audio_frame_text(payload_base64, silent);
+        self.send_rendered(&frame).await
+    }
+
+    /// The `AudioData` frame [`MediaSocket::audio_frame`] sends, rendered now.
+    pub fn audio_frame_text(&self, payload_base64: &str, silent: bool) -> Utf8Bytes {
+        json!({"kind": "AudioData", "audioData": {
             "timestamp": Utc::now().to_rfc3339(), "participantRawID": self.participant,
             "data": payload_base64, "silent": silent
-        }});
-        self.send(frame).await
+        }})
+        .to_string()
+        .into()
     }
 
     pub async fn close(mut self) {

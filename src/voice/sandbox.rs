@@ -55,7 +55,8 @@ struct SandboxCall {
 
 pub struct SandboxVoice {
     http: reqwest::Client,
-    actions: Mutex<Vec<VoiceAction>>,
+    /// Every action with the time it was asked for (the benchmark reads the times).
+    actions: Mutex<Vec<(chrono::DateTime<chrono::Utc>, VoiceAction)>>,
     calls: Mutex<HashMap<String, SandboxCall>>,
     /// How long the sandbox "speaks" per character of text.
     per_char: Duration,
@@ -73,6 +74,16 @@ impl SandboxVoice {
 
     /// Everything recorded so far.
     pub fn actions(&self) -> Vec<VoiceAction> {
+        self.actions
+            .lock()
+            .expect("actions lock")
+            .iter()
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
+    /// Everything recorded so far, with the time each action was asked for.
+    pub fn timed_actions(&self) -> Vec<(chrono::DateTime<chrono::Utc>, VoiceAction)> {
         self.actions.lock().expect("actions lock").clone()
     }
 
@@ -87,7 +98,11 @@ impl SandboxVoice {
     }
 
     fn record(&self, action: VoiceAction) {
-        self.actions.lock().expect("actions lock").push(action);
+        let now = chrono::Utc::now();
+        self.actions
+            .lock()
+            .expect("actions lock")
+            .push((now, action));
     }
 
     fn command(&self, call: &str, command: Command) {

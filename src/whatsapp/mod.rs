@@ -380,6 +380,11 @@ impl WhatsApp {
         self.log.list(customer).await
     }
 
+    /// How many inbox entries are recorded and not yet handled, counting up to `limit`.
+    pub async fn backlog(&self, limit: usize) -> Result<usize, StoreError> {
+        Ok(self.inbox.pending(limit).await?.len())
+    }
+
     /// What the sandbox provider "sent" (`None` when a real provider is configured).
     pub fn sandbox_records(&self) -> Option<Vec<sandbox::SandboxRecord>> {
         self.sandbox.as_ref().map(|s| s.records())

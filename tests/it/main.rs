@@ -5,6 +5,7 @@
 //! faked at the wire. Run everything with `scripts/test`, which installs those servers.
 
 mod admin;
+mod bench;
 mod cosmos;
 mod handoff_store;
 mod handoff_story;

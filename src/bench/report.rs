@@ -1,0 +1,230 @@
+//! The bench report: what was measured, as JSON for machines and as a table for people.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::BenchArgs;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `embedded`, `embedded+redis`, `cosmos`, `cosmos+redis`.
+    pub backend: String,
+    pub cores: usize,
+    pub baseline: Option<LoadFigures>,
+    pub ingest: Option<IngestReport>,
+    pub calls: Option<CallsReport>,
+    pub handoff: Option<HandoffReport>,
+}
+
+/// A closed-loop HTTP load: every connection sends its next request when the last was answered.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadFigures {
+    pub connections: usize,
+    pub requests: usize,
+    /// Requests answered other than 2xx, or not answered.
+    pub errors: usize,
+    pub seconds: f64,
+    pub per_sec: f64,
+    pub p50_us: u64,
+    pub p95_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestReport {
+    /// Deliveries/s and acknowledgement latency (request sent → 200 received).
+    pub load: LoadFigures,
+    pub unique_messages: usize,
+    pub duplicate_deliveries: usize,
+    pub customers: usize,
+    /// ingest deliveries/s ÷ baseline requests/s, when the baseline ran in the same run.
+    pub share_of_baseline: Option<f64>,
+    /// From the end of the load until the inbox was empty.
+    pub drain_seconds: f64,
+    /// The inbox worker did not run: `verification.backlog` must equal the unique messages
+    /// (each recorded once, none handled).
+    pub ack_only: bool,
+    pub verification: Verification,
+}
+
+/// Read back from the service's own records, not from the load generator.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verification {
+    pub expected: usize,
+    /// Unique messages that are exactly one customer turn in their customer's context.
+    pub turns_once: usize,
+    /// Unique messages with no turn.
+    pub turns_missing: usize,
+    /// Unique messages with more than one turn.
+    pub turns_repeated: usize,
+    /// Unique messages in the customer's message log (inbound).
+    pub logged: usize,
+    /// Inbox entries still pending when the check ran (with `ack_only`, all of them).
+    pub backlog: usize,
+    pub exactly_once: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallsReport {
+    pub calls: usize,
+    pub connected: usize,
+    pub streamed_seconds: f64,
+    pub audio_frames: u64,
+    pub finals: usize,
+    /// Finals followed by a play request on the same call.
+    pub turns_answered: usize,
+    /// `Final` sent → play requested at the voice provider.
+    pub turn_p50_us: u64,
+    pub turn_p95_us: u64,
+    pub turn_p99_us: u64,
+    pub turn_max_us: u64,
+    /// CPU (user + system) of the whole process while the calls streamed.
+    pub cpu_seconds: f64,
+    pub cpu_cores_busy: f64,
+    pub rss_before_kb: u64,
+    pub rss_streaming_kb: u64,
+    pub rss_per_call_kb: f64,
+    pub media_failures: u64,
+    pub malformed_frames: u64,
+    /// Every call connected, streamed, and had every `Final` answered.
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HandoffReport {
+    pub handoffs: usize,
+    pub completed: usize,
+    pub steps: Vec<StepFigures>,
+    /// Every handoff reached `call_ended` after the template was accepted.
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepFigures {
+    pub step: String,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Report {
+    pub(super) fn new(args: &BenchArgs) -> Self {
+        Self {
+            backend: super::backend_name(args),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            baseline: None,
+            ingest: None,
+            calls: None,
+            handoff: None,
+        }
+    }
+
+    /// The summary table printed at the end of a run.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "handoff bench: backend {}, {} cores (load generator in the same process)",
+            self.backend, self.cores
+        );
+        let load_row = |out: &mut String, name: &str, l: &LoadFigures| {
+            let _ = writeln!(
+                out,
+                "  {name:<9} {:>9.0} req/s  p50 {:>6} µs  p95 {:>6} µs  p99 {:>6} µs  max {:>7} µs  ({} requests, {} connections, {} errors)",
+                l.per_sec,
+                l.p50_us,
+                l.p95_us,
+                l.p99_us,
+                l.max_us,
+                l.requests,
+                l.connections,
+                l.errors
+            );
+        };
+        if let Some(b) = &self.baseline {
+            load_row(&mut out, "baseline", b);
+        }
+        if let Some(i) = &self.ingest {
+            load_row(&mut out, "ingest", &i.load);
+            if let Some(share) = i.share_of_baseline {
+                let _ = writeln!(out, "            {:.0}% of the baseline", share * 100.0);
+            }
+            let v = &i.verification;
+            if i.ack_only {
+                let _ = writeln!(
+                    out,
+                    "            ack only (no inbox worker): {} unique messages, {} duplicate deliveries; inbox holds {} entries; exactly once: {}",
+                    i.unique_messages,
+                    i.duplicate_deliveries,
+                    v.backlog,
+                    if v.exactly_once { "yes" } else { "NO" }
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "            {} unique messages, {} duplicate deliveries, {} customers; inbox drained {:.2} s after the load",
+                    i.unique_messages, i.duplicate_deliveries, i.customers, i.drain_seconds
+                );
+                let _ = writeln!(
+                    out,
+                    "            exactly once: {} (turns once {}, missing {}, repeated {}; logged {}/{}; backlog {})",
+                    if v.exactly_once { "yes" } else { "NO" },
+                    v.turns_once,
+                    v.turns_missing,
+                    v.turns_repeated,
+                    v.logged,
+                    v.expected,
+                    v.backlog
+                );
+            }
+        }
+        if let Some(c) = &self.calls {
+            let _ = writeln!(
+                out,
+                "  calls     {}/{} connected, {:.1} s streamed, {} audio frames, {}/{} finals answered",
+                c.connected,
+                c.calls,
+                c.streamed_seconds,
+                c.audio_frames,
+                c.turns_answered,
+                c.finals
+            );
+            let _ = writeln!(
+                out,
+                "            turn (Final sent → play requested) p50 {} µs  p95 {} µs  p99 {} µs  max {} µs",
+                c.turn_p50_us, c.turn_p95_us, c.turn_p99_us, c.turn_max_us
+            );
+            let _ = writeln!(
+                out,
+                "            CPU {:.2} cores busy; RSS {} → {} kB = {:.1} kB per call; media failures {}, malformed {}; complete: {}",
+                c.cpu_cores_busy,
+                c.rss_before_kb,
+                c.rss_streaming_kb,
+                c.rss_per_call_kb,
+                c.media_failures,
+                c.malformed_frames,
+                if c.complete { "yes" } else { "NO" }
+            );
+        }
+        if let Some(h) = &self.handoff {
+            let _ = writeln!(
+                out,
+                "  handoff   {}/{} completed; complete: {}",
+                h.completed,
+                h.handoffs,
+                if h.complete { "yes" } else { "NO" }
+            );
+            for s in &h.steps {
+                let _ = writeln!(
+                    out,
+                    "            {:<42} p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  (n={})",
+                    s.step, s.p50_ms, s.p99_ms, s.max_ms, s.samples
+                );
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,67 @@
+//! `handoff bench` at a tiny size, so that every mode keeps working: the library entry point
+//! runs each mode and the report must show exactly-once ingest and complete calls and handoffs.
+//! No timing assertions: CI machines vary.
+
+use handoff::bench::{BenchArgs, Mode, run};
+
+fn tiny(modes: Vec<Mode>) -> BenchArgs {
+    BenchArgs {
+        modes,
+        connections: 8,
+        deliveries: 200,
+        messages_per_customer: 20,
+        calls: 5,
+        call_seconds: 3,
+        turn_every: 1,
+        handoffs: 3,
+        handoff_concurrency: 2,
+        quiet: true,
+        ..BenchArgs::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_and_ingest_handle_every_unique_message_exactly_once() {
+    let report = run(&tiny(vec![Mode::Baseline, Mode::Ingest]))
+        .await
+        .unwrap();
+    let baseline = report.baseline.expect("baseline ran");
+    assert_eq!((baseline.requests, baseline.errors), (200, 0));
+    let ingest = report.ingest.expect("ingest ran");
+    assert_eq!((ingest.load.requests, ingest.load.errors), (200, 0));
+    assert_eq!(ingest.unique_messages + ingest.duplicate_deliveries, 200);
+    assert_eq!(ingest.unique_messages, 160, "20% duplicates");
+    let v = &ingest.verification;
+    assert_eq!(v.expected, 160);
+    assert_eq!(
+        (v.turns_once, v.turns_missing, v.turns_repeated),
+        (160, 0, 0)
+    );
+    assert_eq!((v.logged, v.backlog), (160, 0));
+    assert!(v.exactly_once);
+    assert!(ingest.share_of_baseline.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_stream_audio_and_every_final_is_answered() {
+    let report = run(&tiny(vec![Mode::Calls])).await.unwrap();
+    let calls = report.calls.expect("calls ran");
+    assert_eq!(calls.connected, 5);
+    assert!(calls.audio_frames > 5 * 50, "{calls:?}");
+    assert!(calls.finals >= 5, "{calls:?}");
+    assert_eq!(calls.turns_answered, calls.finals, "{calls:?}");
+    assert!(calls.complete, "{calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoffs_complete_and_every_step_is_timed() {
+    let report = run(&tiny(vec![Mode::Handoff])).await.unwrap();
+    let handoff = report.handoff.clone().expect("handoff ran");
+    assert_eq!((handoff.handoffs, handoff.completed), (3, 3));
+    assert!(handoff.complete);
+    for step in &handoff.steps {
+        assert_eq!(step.samples, 3, "{step:?}");
+    }
+    let json = serde_json::to_value(&report.handoff).unwrap();
+    assert!(json["steps"].as_array().is_some_and(|s| !s.is_empty()));
+}
