@@ -84,6 +84,10 @@ pub struct WebhookSettings {
     /// `?code=` every Event Grid delivery must carry; `None` leaves webhooks unauthenticated.
     pub event_grid_secret: Option<Secret<String>>,
     pub max_body_bytes: usize,
+    /// Meta's `hub.verify_token` for the `GET /webhook/meta` subscription handshake.
+    pub meta_verify_token: Option<Secret<String>>,
+    /// Meta app secret: the HMAC key of `X-Hub-Signature-256`. `None` refuses Meta POSTs.
+    pub meta_app_secret: Option<Secret<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -288,6 +292,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "largest webhook body accepted (default 1048576)",
     ),
     (
+        "WEBHOOK_VERIFY_TOKEN",
+        "Meta webhook `hub.verify_token` answered on `GET /webhook/meta` (unset = verification refused)",
+    ),
+    (
+        "META_APP_SECRET",
+        "Meta app secret: key of the `X-Hub-Signature-256` HMAC on `POST /webhook/meta` (unset = Meta POSTs refused, warned)",
+    ),
+    (
         "ACS_WHATSAPP_CHANNEL_ID",
         "ACS WhatsApp channel registration id",
     ),
@@ -485,6 +497,8 @@ impl Settings {
             webhooks: WebhookSettings {
                 event_grid_secret: env.string("EVENT_GRID_SECRET").map(Secret::new),
                 max_body_bytes: env.parse_min("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024, 1024)?,
+                meta_verify_token: env.string("WEBHOOK_VERIFY_TOKEN").map(Secret::new),
+                meta_app_secret: env.string("META_APP_SECRET").map(Secret::new),
             },
             whatsapp: WhatsAppSettings {
                 acs_channel_id: env.string("ACS_WHATSAPP_CHANNEL_ID"),

@@ -8,6 +8,7 @@
 //! [`WhatsApp::send`], [`WhatsApp::send_template`] (the handoff saga), [`WhatsApp::messages`].
 
 pub mod acs;
+pub mod meta;
 pub mod planner;
 pub mod sandbox;
 mod worker;
@@ -23,7 +24,9 @@ use crate::config::Settings;
 use crate::domain::template::{
     CONVERSATION_CONTINUATION, TemplateRegistry, TemplateSpec, TemplateStatus,
 };
-use crate::domain::{CustomerId, MessageRecord, OutboundMessage, StatusUpdate, WhatsAppProvider};
+use crate::domain::{
+    CustomerId, InboundContent, MessageRecord, OutboundMessage, StatusUpdate, WhatsAppProvider,
+};
 use crate::eventgrid::{self, Delivery, EnvelopeError};
 use crate::store::inbox::{Appended, DEDUPE_TTL, Inbox, InboxEvent, NewEntry};
 use crate::store::media::MediaStore;
@@ -69,6 +72,8 @@ pub trait WhatsAppSender: Send + Sync + 'static {
 pub enum IngestError {
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Notification(#[from] meta::NotificationError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -208,6 +213,53 @@ impl WhatsApp {
                 }
             }
         }
+        self.record_delivery(entries, ignored).await
+    }
+
+    /// Handles one Meta webhook body whose signature the caller has verified: claim + record
+    /// every message and status durably, exactly like [`Self::ingest`]. Messages dedupe on
+    /// their wamid, statuses on (wamid, status).
+    pub async fn ingest_meta(&self, body: &[u8]) -> Result<Ingested, IngestError> {
+        let events = meta::parse_notification(body)?;
+        let mut entries = Vec::with_capacity(events.len());
+        let mut ignored = 0;
+        for event in events {
+            match event {
+                meta::MetaEvent::Received(m) => {
+                    if let InboundContent::Unknown { message_type, .. } = &m.content {
+                        self.count_unknown(&format!("meta:{message_type}"));
+                    }
+                    entries.push(NewEntry {
+                        dedupe_keys: vec![format!("msg:{}", m.message_id)],
+                        partition: m.customer.as_str().to_owned(),
+                        event: InboxEvent::Message(m),
+                    });
+                }
+                meta::MetaEvent::Status(s) => entries.push(NewEntry {
+                    dedupe_keys: vec![format!(
+                        "meta-status:{}:{}",
+                        s.message_id,
+                        s.status.as_str()
+                    )],
+                    partition: status_partition(&s),
+                    event: InboxEvent::Status(s),
+                }),
+                meta::MetaEvent::Ignored(why) => {
+                    // It can never succeed: acknowledge (Meta would retry it for days).
+                    ignored += 1;
+                    tracing::warn!(reason = why, "meta notification item ignored");
+                }
+            }
+        }
+        self.record_delivery(entries, ignored).await
+    }
+
+    /// The part every provider's webhook shares: record durably, then report what happened.
+    async fn record_delivery(
+        &self,
+        entries: Vec<NewEntry>,
+        ignored: usize,
+    ) -> Result<Ingested, IngestError> {
         let (fresh, duplicate) = self.record(entries).await?;
         Ok(Ingested::Events {
             fresh,
