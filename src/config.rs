@@ -109,6 +109,16 @@ pub struct WhatsAppSettings {
     pub templates_file: Option<PathBuf>,
     /// Language of the built-in `conversation_continuation` template.
     pub template_language: String,
+    /// `WHATSAPP_PROVIDER`; `None` = the one provider configured (sandbox when none or both).
+    pub provider: Option<crate::domain::WhatsAppProvider>,
+    /// Meta Cloud API system-user token (`Authorization: Bearer`).
+    pub meta_access_token: Option<Secret<String>>,
+    /// Meta phone number id messages leave from.
+    pub meta_phone_number_id: Option<String>,
+    /// Graph API base URL, no trailing slash (tests point it at a local fake).
+    pub meta_graph_base_url: String,
+    /// Graph API version, e.g. `v23.0`.
+    pub meta_graph_version: String,
 }
 
 #[derive(Debug, Clone)]
@@ -336,6 +346,26 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "language of conversation_continuation (default en_US)",
     ),
     (
+        "WHATSAPP_PROVIDER",
+        "`acs`, `meta` or `sandbox`; unset = the one configured (ACS: connection + channel id; Meta: token + phone number id), sandbox otherwise",
+    ),
+    (
+        "META_ACCESS_TOKEN",
+        "Meta Cloud API system-user access token (Bearer)",
+    ),
+    (
+        "META_PHONE_NUMBER_ID",
+        "Meta phone number id WhatsApp messages leave from",
+    ),
+    (
+        "META_GRAPH_BASE_URL",
+        "Graph API base URL (default https://graph.facebook.com)",
+    ),
+    (
+        "META_GRAPH_VERSION",
+        "Graph API version (default v23.0)",
+    ),
+    (
         "ACS_CALL_AUTOMATION_API_VERSION",
         "Call Automation api-version (default 2025-05-15)",
     ),
@@ -516,6 +546,30 @@ impl Settings {
                 template_language: env
                     .string("WHATSAPP_TEMPLATE_LANGUAGE")
                     .unwrap_or_else(|| "en_US".into()),
+                provider: match env.string("WHATSAPP_PROVIDER").as_deref().map(str::to_ascii_lowercase).as_deref() {
+                    None => None,
+                    Some("acs") => Some(crate::domain::WhatsAppProvider::Acs),
+                    Some("meta") => Some(crate::domain::WhatsAppProvider::Meta),
+                    Some("sandbox") => Some(crate::domain::WhatsAppProvider::Sandbox),
+                    Some(other) => {
+                        return Err(ConfigError::new(
+                            "WHATSAPP_PROVIDER",
+                            format!("`{other}` is not one of acs, meta, sandbox"),
+                        ));
+                    }
+                },
+                meta_access_token: env.string("META_ACCESS_TOKEN").map(Secret::new),
+                meta_phone_number_id: env.string("META_PHONE_NUMBER_ID"),
+                meta_graph_base_url: env
+                    .string("META_GRAPH_BASE_URL")
+                    .map(|u| parse_url("META_GRAPH_BASE_URL", &u, &["https", "http"]))
+                    .transpose()?
+                    .unwrap_or_else(|| "https://graph.facebook.com".into())
+                    .trim_end_matches('/')
+                    .to_owned(),
+                meta_graph_version: env
+                    .string("META_GRAPH_VERSION")
+                    .unwrap_or_else(|| "v23.0".into()),
             },
             voice: VoiceSettings {
                 call_automation_api_version: env

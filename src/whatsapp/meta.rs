@@ -1,17 +1,25 @@
 //! The Meta WhatsApp Cloud API adapter: the only module that knows Meta's JSON. Verifies
-//! `X-Hub-Signature-256` over the raw webhook body and converts every
-//! `entry[].changes[].value` (`messages[]`, `statuses[]`, `contacts[]`) into domain types.
+//! `X-Hub-Signature-256` over the raw webhook body, converts every `entry[].changes[].value`
+//! (`messages[]`, `statuses[]`, `contacts[]`) into domain types, and sends through the Graph
+//! API (`MetaSender`) with its error codes classified in one table.
 
+use std::time::Duration;
+
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::{Recipient, SenderError, WhatsAppSender};
+use crate::acs::RetryPolicy;
+use crate::config::Secret;
+use crate::domain::outbound::InteractiveAction;
 use crate::domain::{
     CustomerId, DeliveryStatus, InboundContent, InboundMedia, InboundMessage, MediaKind,
-    StatusUpdate,
+    OutboundMessage, StatusUpdate, WhatsAppProvider,
 };
 
 /// What one Meta notification item means for WhatsApp.
@@ -418,6 +426,284 @@ fn parse_status(raw: &Value) -> MetaEvent {
         at: unix_seconds(s.timestamp.as_ref()),
         error_code: error_code(&s.errors),
     })
+}
+
+
+/// What a Graph API `error.code` means for us: one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphErrorClass {
+    /// 131047: more than 24 h since the customer's last message; only templates.
+    WindowClosed,
+    /// 131026: not on WhatsApp, old app, terms not accepted; do not retry blindly.
+    Undeliverable,
+    /// 130429 (throughput), 131056 (pair rate), 80007 / 4 (API rate): retried with backoff.
+    Transient,
+    /// 131048: spam rate limit; never retried automatically.
+    NoRetry,
+    /// 132000 / 132001: parameter count mismatch, template missing.
+    Template,
+    /// 190: the access token expired or was revoked (alert: nothing sends until it is replaced).
+    TokenExpired,
+    Other,
+}
+
+pub fn classify(code: i64) -> GraphErrorClass {
+    match code {
+        131047 => GraphErrorClass::WindowClosed,
+        131026 => GraphErrorClass::Undeliverable,
+        130429 | 131056 | 80007 | 4 => GraphErrorClass::Transient,
+        131048 => GraphErrorClass::NoRetry,
+        132000 | 132001 => GraphErrorClass::Template,
+        190 => GraphErrorClass::TokenExpired,
+        _ => GraphErrorClass::Other,
+    }
+}
+
+/// The Graph `/{phone_number_id}/messages` body for `message`.
+pub fn send_body(to: &str, message: &OutboundMessage) -> Value {
+    // A URL is sent as `link`; anything else is an uploaded media id.
+    let media = |url: &str| {
+        if url.starts_with("https://") || url.starts_with("http://") {
+            json!({ "link": url })
+        } else {
+            json!({ "id": url })
+        }
+    };
+    let with_caption = |mut m: Value, caption: &Option<String>| {
+        if let Some(c) = caption {
+            m["caption"] = json!(c);
+        }
+        m
+    };
+    let (kind, payload) = match message {
+        OutboundMessage::Text { text } => (
+            "text",
+            json!({ "preview_url": text.contains("https://"), "body": text }),
+        ),
+        OutboundMessage::Image { url, caption } => ("image", with_caption(media(url), caption)),
+        OutboundMessage::Video { url, caption } => ("video", with_caption(media(url), caption)),
+        OutboundMessage::Document {
+            url,
+            caption,
+            file_name,
+        } => {
+            let mut d = with_caption(media(url), caption);
+            if let Some(f) = file_name {
+                d["filename"] = json!(f);
+            }
+            ("document", d)
+        }
+        OutboundMessage::Audio { url } => ("audio", media(url)),
+        OutboundMessage::Sticker { url } => ("sticker", media(url)),
+        OutboundMessage::Reaction { message_id, emoji } => (
+            "reaction",
+            json!({ "message_id": message_id, "emoji": emoji }),
+        ),
+        OutboundMessage::Template(t) => {
+            let mut components = Vec::new();
+            if !t.body.is_empty() {
+                components.push(json!({ "type": "body", "parameters": t.body.iter()
+                    .map(|text| json!({ "type": "text", "text": text })).collect::<Vec<_>>() }));
+            }
+            for (i, payload) in t.quick_replies.iter().enumerate() {
+                components.push(json!({ "type": "button", "sub_type": "quick_reply",
+                    "index": i.to_string(), "parameters": [{ "type": "payload", "payload": payload }] }));
+            }
+            let mut template = json!({ "name": t.name, "language": { "code": t.language } });
+            if !components.is_empty() {
+                template["components"] = json!(components);
+            }
+            ("template", template)
+        }
+        OutboundMessage::Interactive(i) => {
+            let (kind, action) = match &i.action {
+                InteractiveAction::Buttons { buttons } => (
+                    "button",
+                    json!({ "buttons": buttons.iter().map(|b| json!({
+                        "type": "reply", "reply": { "id": b.id, "title": b.title } })).collect::<Vec<_>>() }),
+                ),
+                InteractiveAction::List { title, sections } => (
+                    "list",
+                    json!({ "button": title, "sections": sections.iter().map(|s| json!({
+                        "title": s.title,
+                        "rows": s.rows.iter().map(|r| {
+                            let mut row = json!({ "id": r.id, "title": r.title });
+                            if let Some(d) = &r.description { row["description"] = json!(d); }
+                            row
+                        }).collect::<Vec<_>>() })).collect::<Vec<_>>() }),
+                ),
+                InteractiveAction::Url { title, url } => (
+                    "cta_url",
+                    json!({ "name": "cta_url", "parameters": { "display_text": title, "url": url } }),
+                ),
+            };
+            let mut im = json!({ "type": kind, "body": { "text": i.body }, "action": action });
+            if let Some(h) = &i.header {
+                im["header"] = json!({ "type": "text", "text": h });
+            }
+            if let Some(f) = &i.footer {
+                im["footer"] = json!({ "text": f });
+            }
+            ("interactive", im)
+        }
+    };
+    let mut body = json!({ "messaging_product": "whatsapp", "recipient_type": "individual",
+        "to": to, "type": kind });
+    body[kind] = payload;
+    body
+}
+
+#[derive(Debug, Deserialize)]
+struct SendAnswer {
+    #[serde(default)]
+    messages: Vec<SentId>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SentId {
+    id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GraphErrorBody {
+    #[serde(default)]
+    error: GraphError,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GraphError {
+    #[serde(default)]
+    code: Option<i64>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Sends through the Meta Cloud API (`POST /{version}/{phone_number_id}/messages`).
+pub struct MetaSender {
+    http: reqwest::Client,
+    base_url: String,
+    version: String,
+    phone_number_id: String,
+    token: Secret<String>,
+    retry: RetryPolicy,
+}
+
+impl MetaSender {
+    pub fn new(
+        base_url: &str,
+        version: &str,
+        phone_number_id: &str,
+        token: Secret<String>,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap_or_default();
+        Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            version: version.to_owned(),
+            phone_number_id: phone_number_id.to_owned(),
+            token,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    fn messages_url(&self) -> String {
+        format!(
+            "{}/{}/{}/messages",
+            self.base_url, self.version, self.phone_number_id
+        )
+    }
+
+    /// Marks an inbound message read (blue ticks) and shows the typing indicator.
+    pub async fn mark_read(&self, message_id: &str) -> Result<(), SenderError> {
+        let body = json!({ "messaging_product": "whatsapp", "status": "read",
+            "message_id": message_id, "typing_indicator": { "type": "text" } });
+        self.post(&body).await.map(|_| ())
+    }
+
+    /// Posts `body`, retrying transient answers (rate limits, 5xx, transport) with bounded
+    /// backoff honouring `Retry-After`.
+    async fn post(&self, body: &Value) -> Result<bytes::Bytes, SenderError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = self
+                .http
+                .post(self.messages_url())
+                .bearer_auth(self.token.expose())
+                .json(body)
+                .send()
+                .await;
+            let (failure, retry_after) = match sent {
+                Ok(response) if response.status().is_success() => {
+                    return response
+                        .bytes()
+                        .await
+                        .map_err(|e| SenderError::Unavailable(format!("reading the answer: {e}")));
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry_after = crate::acs::retry_after(response.headers());
+                    let answer = response.bytes().await.unwrap_or_default();
+                    let error = serde_json::from_slice::<GraphErrorBody>(&answer)
+                        .map(|b| b.error)
+                        .unwrap_or_default();
+                    let class = error.code.map_or(GraphErrorClass::Other, classify);
+                    let code = error.code.map(|c| c.to_string()).unwrap_or_default();
+                    let message = error.message.unwrap_or_default();
+                    if class == GraphErrorClass::TokenExpired {
+                        tracing::error!(code = %code, "Meta access token expired or revoked (190): WhatsApp sends fail until it is replaced");
+                    }
+                    let transient = class == GraphErrorClass::Transient
+                        || (status >= 500 && class == GraphErrorClass::Other)
+                        || (status == 429 && class == GraphErrorClass::Other);
+                    if !transient {
+                        return Err(SenderError::Rejected {
+                            status,
+                            code,
+                            message,
+                        });
+                    }
+                    (format!("{status} {code}: {message}"), retry_after)
+                }
+                Err(err) => (
+                    if err.is_timeout() {
+                        "timed out".to_owned()
+                    } else {
+                        "connection failed".to_owned()
+                    },
+                    None,
+                ),
+            };
+            if attempt >= self.retry.max_attempts {
+                return Err(SenderError::Unavailable(failure));
+            }
+            tokio::time::sleep(self.retry.delay(attempt, retry_after)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl WhatsAppSender for MetaSender {
+    fn provider(&self) -> WhatsAppProvider {
+        WhatsAppProvider::Meta
+    }
+
+    async fn send(&self, to: &Recipient, message: &OutboundMessage) -> Result<String, SenderError> {
+        let body = send_body(to.address.trim_start_matches('+'), message);
+        let answer = self.post(&body).await?;
+        let answer: SendAnswer = serde_json::from_slice(&answer)
+            .map_err(|e| SenderError::Unavailable(format!("send answer: {e}")))?;
+        answer
+            .messages
+            .into_iter()
+            .next()
+            .map(|m| m.id)
+            .ok_or_else(|| SenderError::Unavailable("send answer without a message id".into()))
+    }
 }
 
 #[cfg(test)]

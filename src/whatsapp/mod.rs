@@ -129,8 +129,9 @@ impl WhatsApp {
     pub fn new(settings: Arc<Settings>, ports: WhatsAppPorts) -> Arc<Self> {
         let wa = &settings.whatsapp;
         let (status_tx, status_rx) = mpsc::unbounded_channel();
-        let (sender, acs, sandbox): (Arc<dyn WhatsAppSender>, _, _) = match ports.acs {
-            Some(client) => {
+        let choice = choose_provider(&settings, ports.acs.is_some());
+        let (sender, acs, sandbox): (Arc<dyn WhatsAppSender>, _, _) = match (choice, ports.acs) {
+            (WhatsAppProvider::Acs, Some(client)) => {
                 let s = Arc::new(acs::AcsSender::new(
                     client,
                     &wa.acs_api_version,
@@ -138,7 +139,19 @@ impl WhatsApp {
                 ));
                 (s.clone(), Some(s), None)
             }
-            None => {
+            (WhatsAppProvider::Meta, _)
+                if let (Some(token), Some(number)) =
+                    (&wa.meta_access_token, &wa.meta_phone_number_id) =>
+            {
+                let s = Arc::new(meta::MetaSender::new(
+                    &wa.meta_graph_base_url,
+                    &wa.meta_graph_version,
+                    number,
+                    token.clone(),
+                ));
+                (s, None, None)
+            }
+            _ => {
                 let s = Arc::new(sandbox::SandboxSender::new(status_tx));
                 (s.clone(), None, Some(s))
             }
@@ -152,7 +165,10 @@ impl WhatsApp {
                 window_margin: wa.window_safety_margin,
                 send_rate_per_sec: wa.send_rate_per_sec,
                 recipient_min_interval: wa.recipient_min_interval,
-                default_business_number: wa.acs_channel_id.clone(),
+                default_business_number: match provider {
+                    WhatsAppProvider::Meta => wa.meta_phone_number_id.clone(),
+                    _ => wa.acs_channel_id.clone(),
+                },
             },
         );
         let templates = RwLock::new(load_templates(&settings));
@@ -471,6 +487,35 @@ impl WhatsApp {
             }
         }
     }
+}
+
+/// `WHATSAPP_PROVIDER` when set; otherwise the one provider that is configured, the sandbox
+/// when none or both are.
+fn choose_provider(settings: &Settings, acs_configured: bool) -> WhatsAppProvider {
+    let wa = &settings.whatsapp;
+    let meta_configured = wa.meta_access_token.is_some() && wa.meta_phone_number_id.is_some();
+    let chosen = match wa.provider {
+        Some(p) => p,
+        None => match (acs_configured, meta_configured) {
+            (true, false) => WhatsAppProvider::Acs,
+            (false, true) => WhatsAppProvider::Meta,
+            (true, true) => {
+                tracing::warn!("both ACS and Meta WhatsApp are configured: set WHATSAPP_PROVIDER; using the sandbox");
+                WhatsAppProvider::Sandbox
+            }
+            (false, false) => WhatsAppProvider::Sandbox,
+        },
+    };
+    let usable = match chosen {
+        WhatsAppProvider::Acs => acs_configured,
+        WhatsAppProvider::Meta => meta_configured,
+        WhatsAppProvider::Sandbox => true,
+    };
+    if !usable {
+        tracing::warn!(provider = ?chosen, "WHATSAPP_PROVIDER names a provider that is not configured; using the sandbox");
+        return WhatsAppProvider::Sandbox;
+    }
+    chosen
 }
 
 fn status_partition(s: &StatusUpdate) -> String {
