@@ -361,10 +361,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "META_GRAPH_BASE_URL",
         "Graph API base URL (default https://graph.facebook.com)",
     ),
-    (
-        "META_GRAPH_VERSION",
-        "Graph API version (default v23.0)",
-    ),
+    ("META_GRAPH_VERSION", "Graph API version (default v23.0)"),
     (
         "ACS_CALL_AUTOMATION_API_VERSION",
         "Call Automation api-version (default 2025-05-15)",
@@ -546,7 +543,12 @@ impl Settings {
                 template_language: env
                     .string("WHATSAPP_TEMPLATE_LANGUAGE")
                     .unwrap_or_else(|| "en_US".into()),
-                provider: match env.string("WHATSAPP_PROVIDER").as_deref().map(str::to_ascii_lowercase).as_deref() {
+                provider: match env
+                    .string("WHATSAPP_PROVIDER")
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
+                    .as_deref()
+                {
                     None => None,
                     Some("acs") => Some(crate::domain::WhatsAppProvider::Acs),
                     Some("meta") => Some(crate::domain::WhatsAppProvider::Meta),

@@ -428,7 +428,6 @@ fn parse_status(raw: &Value) -> MetaEvent {
     })
 }
 
-
 /// What a Graph API `error.code` means for us: one table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GraphErrorClass {

@@ -500,7 +500,9 @@ fn choose_provider(settings: &Settings, acs_configured: bool) -> WhatsAppProvide
             (true, false) => WhatsAppProvider::Acs,
             (false, true) => WhatsAppProvider::Meta,
             (true, true) => {
-                tracing::warn!("both ACS and Meta WhatsApp are configured: set WHATSAPP_PROVIDER; using the sandbox");
+                tracing::warn!(
+                    "both ACS and Meta WhatsApp are configured: set WHATSAPP_PROVIDER; using the sandbox"
+                );
                 WhatsAppProvider::Sandbox
             }
             (false, false) => WhatsAppProvider::Sandbox,

@@ -375,3 +375,299 @@ async fn meta_statuses_out_of_order_and_duplicated_end_as_read_and_131047_closes
     }
     assert!(closed, "131047 never marked the window closed");
 }
+
+/// A fake Graph API at the wire: records every request and answers from a script; unscripted
+/// sends get a 200 with a fresh wamid.
+mod fake_graph {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+
+    #[derive(Debug, Clone)]
+    pub struct Recorded {
+        pub path: String,
+        pub authorization: Option<String>,
+        pub body: serde_json::Value,
+    }
+
+    /// Status, extra headers, body.
+    type Answer = (u16, Vec<(&'static str, String)>, String);
+
+    #[derive(Default)]
+    struct Inner {
+        requests: Mutex<Vec<Recorded>>,
+        script: Mutex<VecDeque<Answer>>,
+    }
+
+    #[derive(Clone)]
+    pub struct FakeGraph {
+        pub base_url: String,
+        inner: Arc<Inner>,
+    }
+
+    impl FakeGraph {
+        pub async fn start() -> Self {
+            let inner = Arc::new(Inner::default());
+            let app = Router::new().fallback(handle).with_state(inner.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                axum::serve(listener, app).await.unwrap();
+            });
+            Self {
+                base_url: format!("http://{addr}"),
+                inner,
+            }
+        }
+
+        /// Answers the next request with a Graph error `code`.
+        pub fn fail_with(&self, status: u16, code: u32, retry_after: Option<&str>) {
+            let headers = retry_after
+                .map(|s| vec![("retry-after", s.to_owned())])
+                .unwrap_or_default();
+            let body = serde_json::json!({"error": {"message": format!("(#{code}) error"),
+                "type": "OAuthException", "code": code, "fbtrace_id": "x"}})
+            .to_string();
+            self.inner
+                .script
+                .lock()
+                .unwrap()
+                .push_back((status, headers, body));
+        }
+
+        pub fn requests(&self) -> Vec<Recorded> {
+            self.inner.requests.lock().unwrap().clone()
+        }
+    }
+
+    async fn handle(
+        State(inner): State<Arc<Inner>>,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let n = {
+            let mut requests = inner.requests.lock().unwrap();
+            requests.push(Recorded {
+                path: uri.path().to_owned(),
+                authorization: headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                body: serde_json::from_slice(&body).unwrap_or_default(),
+            });
+            requests.len()
+        };
+        if let Some((status, extra, body)) = inner.script.lock().unwrap().pop_front() {
+            let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
+            for (k, v) in extra {
+                response.headers_mut().insert(k, v.parse().unwrap());
+            }
+            return response;
+        }
+        axum::Json(serde_json::json!({"messaging_product": "whatsapp",
+            "contacts": [{"input": "14254360097", "wa_id": "14254360097"}],
+            "messages": [{"id": format!("wamid.out{n}"), "message_status": "accepted"}]}))
+        .into_response()
+    }
+}
+
+const TOKEN: &str = "EAAG-test-token";
+
+async fn spawn_with_graph() -> (TestApp, fake_graph::FakeGraph) {
+    let graph = fake_graph::FakeGraph::start().await;
+    let base = graph.base_url.clone();
+    let app = TestApp::spawn_with(move |s| {
+        meta(s);
+        s.whatsapp.meta_access_token = Some(Secret::new(TOKEN.into()));
+        s.whatsapp.meta_phone_number_id = Some(PHONE_NUMBER_ID.into());
+        s.whatsapp.meta_graph_base_url = base;
+    })
+    .await;
+    (app, graph)
+}
+
+#[tokio::test]
+async fn meta_provider_sends_every_kind_to_the_graph_api_with_version_and_token() {
+    use handoff::domain::OutboundMessage;
+    use handoff::domain::outbound::{Interactive, InteractiveAction, ReplyButton};
+    use handoff::whatsapp::Initiation;
+
+    let (app, graph) = spawn_with_graph().await;
+    assert_eq!(
+        app.state.whatsapp.provider(),
+        handoff::domain::WhatsAppProvider::Meta
+    );
+    // The customer writes: the agent's reply goes to the Graph API.
+    let hello = notification(vec![entry(
+        json!([msg("wamid.in", "text", json!({"body": "hello"}))]),
+        json!([]),
+    )]);
+    post(&app, &hello).await;
+    let m = eventually(&app, CUSTOMER, "a reply through Meta", |m| {
+        count(m, "outbound") == 1
+    })
+    .await;
+    let reply = m.iter().find(|r| r["direction"] == "outbound").unwrap();
+    assert!(
+        reply["message_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("wamid.out")
+    );
+    let first = &graph.requests()[0];
+    assert_eq!(first.path, format!("/v23.0/{PHONE_NUMBER_ID}/messages"));
+    assert_eq!(
+        first.authorization.as_deref(),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+    assert_eq!(first.body["messaging_product"], "whatsapp");
+    assert_eq!(first.body["to"], WA_ID);
+    assert_eq!(first.body["type"], "text");
+    assert!(first.body["text"]["body"].is_string());
+
+    let customer = CustomerId::parse(CUSTOMER).unwrap();
+    let send = |message: OutboundMessage| {
+        let app = &app;
+        let customer = customer.clone();
+        async move {
+            app.state
+                .whatsapp
+                .send(&customer, message, Initiation::Reply)
+                .await
+        }
+    };
+    send(OutboundMessage::Image {
+        url: "https://example.com/a.jpg".into(),
+        caption: Some("bill".into()),
+    })
+    .await
+    .unwrap();
+    send(OutboundMessage::Document {
+        url: "1234567890".into(),
+        caption: None,
+        file_name: Some("bill.pdf".into()),
+    })
+    .await
+    .unwrap();
+    send(OutboundMessage::Reaction {
+        message_id: "wamid.in".into(),
+        emoji: "\u{1F44D}".into(),
+    })
+    .await
+    .unwrap();
+    send(OutboundMessage::Interactive(Interactive {
+        header: Some("Order".into()),
+        body: "Confirm?".into(),
+        footer: None,
+        action: InteractiveAction::Buttons {
+            buttons: vec![ReplyButton {
+                id: "yes".into(),
+                title: "Yes".into(),
+            }],
+        },
+    }))
+    .await
+    .unwrap();
+    app.state
+        .whatsapp
+        .send_template(
+            &customer,
+            "conversation_continuation",
+            vec!["Ada".into(), "your bill".into()],
+            Some("handoff-42".into()),
+        )
+        .await
+        .unwrap();
+    let r = graph.requests();
+    assert_eq!(
+        r[1].body["image"],
+        json!({"link": "https://example.com/a.jpg", "caption": "bill"})
+    );
+    assert_eq!(
+        r[2].body["document"],
+        json!({"id": "1234567890", "filename": "bill.pdf"})
+    );
+    assert_eq!(
+        r[3].body["reaction"],
+        json!({"message_id": "wamid.in", "emoji": "\u{1F44D}"})
+    );
+    assert_eq!(r[4].body["interactive"]["type"], "button");
+    assert_eq!(
+        r[4].body["interactive"]["action"]["buttons"][0],
+        json!({"type": "reply", "reply": {"id": "yes", "title": "Yes"}})
+    );
+    let template = &r[5].body["template"];
+    assert_eq!(template["name"], "conversation_continuation");
+    assert_eq!(template["language"]["code"], "en_US");
+    assert_eq!(
+        template["components"],
+        json!([
+            {"type": "body", "parameters": [{"type": "text", "text": "Ada"}, {"type": "text", "text": "your bill"}]},
+            {"type": "button", "sub_type": "quick_reply", "index": "0", "parameters": [{"type": "payload", "payload": "handoff-42"}]}
+        ])
+    );
+}
+
+#[tokio::test]
+async fn meta_provider_retries_rate_limits_and_reports_window_closed_without_retry() {
+    use handoff::domain::OutboundMessage;
+    use handoff::whatsapp::{Initiation, SendError, SenderError};
+
+    let (app, graph) = spawn_with_graph().await;
+    let hello = notification(vec![entry(
+        json!([msg("wamid.in", "text", json!({"body": "hello"}))]),
+        json!([]),
+    )]);
+    post(&app, &hello).await;
+    eventually(&app, CUSTOMER, "a reply through Meta", |m| {
+        count(m, "outbound") == 1
+    })
+    .await;
+    let customer = CustomerId::parse(CUSTOMER).unwrap();
+    let before = graph.requests().len();
+
+    // 130429 (throughput) then 131056 (pair rate): retried, honouring Retry-After, then sent.
+    graph.fail_with(400, 130429, Some("0"));
+    graph.fail_with(400, 131056, None);
+    let sent = app
+        .state
+        .whatsapp
+        .send(
+            &customer,
+            OutboundMessage::Text { text: "hi".into() },
+            Initiation::Reply,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(graph.requests().len(), before + 3);
+
+    // 131047 and 131048: rejected at once, with the code.
+    for code in [131047, 131048] {
+        graph.fail_with(400, code, None);
+        let before = graph.requests().len();
+        let err = app
+            .state
+            .whatsapp
+            .send(
+                &customer,
+                OutboundMessage::Text { text: "hi".into() },
+                Initiation::Reply,
+            )
+            .await
+            .unwrap_err();
+        match err {
+            SendError::Sender(SenderError::Rejected { code: got, .. }) => {
+                assert_eq!(got, code.to_string())
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(graph.requests().len(), before + 1, "{code} is not retried");
+    }
+}
