@@ -671,3 +671,66 @@ async fn meta_provider_retries_rate_limits_and_reports_window_closed_without_ret
         assert_eq!(graph.requests().len(), before + 1, "{code} is not retried");
     }
 }
+
+#[tokio::test]
+async fn meta_handoff_story_sends_the_continuation_template_through_the_graph_api() {
+    use crate::handoff_story::{call, handoff_of, known_customer, story_settings};
+    use handoff::domain::Milestone;
+
+    let graph = fake_graph::FakeGraph::start().await;
+    let base = graph.base_url.clone();
+    let port = crate::support::services::free_port();
+    let app = TestApp::spawn_with(move |s| {
+        story_settings(port)(s);
+        s.whatsapp.meta_access_token = Some(Secret::new(TOKEN.into()));
+        s.whatsapp.meta_phone_number_id = Some(PHONE_NUMBER_ID.into());
+        s.whatsapp.meta_graph_base_url = base;
+    })
+    .await;
+    known_customer(&app).await;
+    let (_call_id, mut socket) = call(&app, "ev-meta-story").await;
+    socket
+        .final_text("My power has been out since this morning", 10_000)
+        .await;
+    crate::voice::wait_context(&app, CUSTOMER, "the offer remembered", |c| {
+        c.transcript.iter().any(|t| {
+            t.role == handoff::domain::Role::Agent
+                && t.text.ends_with(handoff::agent::scripted::OFFER_QUESTION)
+        })
+    })
+    .await;
+    socket.final_text("Yes, that works for me", 20_000).await;
+    let done = handoff_of(&app, "template sent", |h| {
+        h.reached(Milestone::TemplateSent)
+    })
+    .await;
+
+    let templates: Vec<_> = graph
+        .requests()
+        .into_iter()
+        .filter(|r| r.body["type"] == "template")
+        .collect();
+    assert_eq!(templates.len(), 1, "{templates:#?}");
+    let t = &templates[0];
+    assert_eq!(t.path, format!("/v23.0/{PHONE_NUMBER_ID}/messages"));
+    assert_eq!(
+        t.authorization.as_deref(),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+    assert_eq!(t.body["to"], WA_ID);
+    let components = t.body["template"]["components"].as_array().unwrap();
+    let body = &components[0];
+    assert_eq!(body["type"], "body");
+    assert_eq!(body["parameters"][0]["text"], "Ada");
+    assert!(
+        body["parameters"][1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("My power has been out")
+    );
+    assert_eq!(
+        components[1],
+        json!({"type": "button", "sub_type": "quick_reply", "index": "0",
+            "parameters": [{"type": "payload", "payload": done.id.as_str()}]})
+    );
+}
