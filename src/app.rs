@@ -98,6 +98,9 @@ impl App {
                 "EVENT_GRID_SECRET is not set: Event Grid webhooks accept unauthenticated requests"
             );
         }
+        if settings.webhooks.meta_app_secret.is_none() {
+            tracing::warn!("META_APP_SECRET is not set: POST /webhook/meta refuses every request");
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))

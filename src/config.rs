@@ -84,6 +84,10 @@ pub struct WebhookSettings {
     /// `?code=` every Event Grid delivery must carry; `None` leaves webhooks unauthenticated.
     pub event_grid_secret: Option<Secret<String>>,
     pub max_body_bytes: usize,
+    /// Meta's `hub.verify_token` for the `GET /webhook/meta` subscription handshake.
+    pub meta_verify_token: Option<Secret<String>>,
+    /// Meta app secret: the HMAC key of `X-Hub-Signature-256`. `None` refuses Meta POSTs.
+    pub meta_app_secret: Option<Secret<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +109,16 @@ pub struct WhatsAppSettings {
     pub templates_file: Option<PathBuf>,
     /// Language of the built-in `conversation_continuation` template.
     pub template_language: String,
+    /// `WHATSAPP_PROVIDER`; `None` = the one provider configured (sandbox when none or both).
+    pub provider: Option<crate::domain::WhatsAppProvider>,
+    /// Meta Cloud API system-user token (`Authorization: Bearer`).
+    pub meta_access_token: Option<Secret<String>>,
+    /// Meta phone number id messages leave from.
+    pub meta_phone_number_id: Option<String>,
+    /// Graph API base URL, no trailing slash (tests point it at a local fake).
+    pub meta_graph_base_url: String,
+    /// Graph API version, e.g. `v23.0`.
+    pub meta_graph_version: String,
 }
 
 #[derive(Debug, Clone)]
@@ -288,6 +302,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "largest webhook body accepted (default 1048576)",
     ),
     (
+        "WEBHOOK_VERIFY_TOKEN",
+        "Meta webhook `hub.verify_token` answered on `GET /webhook/meta` (unset = verification refused)",
+    ),
+    (
+        "META_APP_SECRET",
+        "Meta app secret: key of the `X-Hub-Signature-256` HMAC on `POST /webhook/meta` (unset = Meta POSTs refused, warned)",
+    ),
+    (
         "ACS_WHATSAPP_CHANNEL_ID",
         "ACS WhatsApp channel registration id",
     ),
@@ -323,6 +345,23 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "WHATSAPP_TEMPLATE_LANGUAGE",
         "language of conversation_continuation (default en_US)",
     ),
+    (
+        "WHATSAPP_PROVIDER",
+        "`acs`, `meta` or `sandbox`; unset = the one configured (ACS: connection + channel id; Meta: token + phone number id), sandbox otherwise",
+    ),
+    (
+        "META_ACCESS_TOKEN",
+        "Meta Cloud API system-user access token (Bearer)",
+    ),
+    (
+        "META_PHONE_NUMBER_ID",
+        "Meta phone number id WhatsApp messages leave from",
+    ),
+    (
+        "META_GRAPH_BASE_URL",
+        "Graph API base URL (default https://graph.facebook.com)",
+    ),
+    ("META_GRAPH_VERSION", "Graph API version (default v23.0)"),
     (
         "ACS_CALL_AUTOMATION_API_VERSION",
         "Call Automation api-version (default 2025-05-15)",
@@ -485,6 +524,8 @@ impl Settings {
             webhooks: WebhookSettings {
                 event_grid_secret: env.string("EVENT_GRID_SECRET").map(Secret::new),
                 max_body_bytes: env.parse_min("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024, 1024)?,
+                meta_verify_token: env.string("WEBHOOK_VERIFY_TOKEN").map(Secret::new),
+                meta_app_secret: env.string("META_APP_SECRET").map(Secret::new),
             },
             whatsapp: WhatsAppSettings {
                 acs_channel_id: env.string("ACS_WHATSAPP_CHANNEL_ID"),
@@ -502,6 +543,35 @@ impl Settings {
                 template_language: env
                     .string("WHATSAPP_TEMPLATE_LANGUAGE")
                     .unwrap_or_else(|| "en_US".into()),
+                provider: match env
+                    .string("WHATSAPP_PROVIDER")
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
+                    .as_deref()
+                {
+                    None => None,
+                    Some("acs") => Some(crate::domain::WhatsAppProvider::Acs),
+                    Some("meta") => Some(crate::domain::WhatsAppProvider::Meta),
+                    Some("sandbox") => Some(crate::domain::WhatsAppProvider::Sandbox),
+                    Some(other) => {
+                        return Err(ConfigError::new(
+                            "WHATSAPP_PROVIDER",
+                            format!("`{other}` is not one of acs, meta, sandbox"),
+                        ));
+                    }
+                },
+                meta_access_token: env.string("META_ACCESS_TOKEN").map(Secret::new),
+                meta_phone_number_id: env.string("META_PHONE_NUMBER_ID"),
+                meta_graph_base_url: env
+                    .string("META_GRAPH_BASE_URL")
+                    .map(|u| parse_url("META_GRAPH_BASE_URL", &u, &["https", "http"]))
+                    .transpose()?
+                    .unwrap_or_else(|| "https://graph.facebook.com".into())
+                    .trim_end_matches('/')
+                    .to_owned(),
+                meta_graph_version: env
+                    .string("META_GRAPH_VERSION")
+                    .unwrap_or_else(|| "v23.0".into()),
             },
             voice: VoiceSettings {
                 call_automation_api_version: env

@@ -23,6 +23,9 @@ pub struct InboundMessage {
     pub business_number: Option<String>,
     pub received_at: DateTime<Utc>,
     pub content: InboundContent,
+    /// The customer's WhatsApp profile name, when the provider sent it (Meta `contacts[]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,13 +87,26 @@ pub enum InboundContent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         description: Option<String>,
     },
+    /// A reaction to one of our messages; an empty `emoji` removes an earlier reaction.
     Reaction {
         message_id: String,
         emoji: String,
     },
+    /// A shared location pin.
+    Location {
+        latitude: f64,
+        longitude: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
     /// A type we do not understand; kept (never dropped) so the agent and operators see it.
     Unknown {
         message_type: String,
+        /// WhatsApp's error code when it could not deliver the content (`unsupported`: 131051).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_code: Option<String>,
     },
 }
 
@@ -114,8 +130,10 @@ impl InboundContent {
             Self::ButtonTap { .. } => "button tap".into(),
             Self::ButtonReply { .. } => "button reply".into(),
             Self::ListReply { .. } => "list choice".into(),
+            Self::Reaction { emoji, .. } if emoji.is_empty() => "reaction removed".into(),
             Self::Reaction { emoji, .. } => format!("reaction {emoji}"),
-            Self::Unknown { message_type } => format!("unsupported message ({message_type})"),
+            Self::Location { .. } => "location".into(),
+            Self::Unknown { message_type, .. } => format!("unsupported message ({message_type})"),
         }
     }
 
@@ -136,6 +154,7 @@ impl InboundContent {
             Self::ButtonReply { .. } => "button_reply",
             Self::ListReply { .. } => "list_reply",
             Self::Reaction { .. } => "reaction",
+            Self::Location { .. } => "location",
             Self::Unknown { .. } => "unknown",
         }
     }
@@ -155,6 +174,16 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Failed => "failed",
+        }
+    }
+
     /// Parses a provider status case-insensitively; `None` for statuses without an effect
     /// (`warning`, `unknown`, anything new).
     pub fn parse(s: &str) -> Option<Self> {

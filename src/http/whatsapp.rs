@@ -1,5 +1,6 @@
 //! WhatsApp routes: the ACS Advanced Messaging Event Grid webhook (+ `OPTIONS` handshake), the
-//! customer's message log, and the sandbox provider's outbox. Handlers only translate.
+//! Meta Cloud API webhook (`GET` handshake, signed `POST`), the customer's message log, and the
+//! sandbox provider's outbox. Handlers only translate.
 
 use std::collections::HashMap;
 
@@ -16,7 +17,7 @@ use super::ApiError;
 use crate::app::AppState;
 use crate::domain::{CustomerId, MessageRecord};
 use crate::eventgrid;
-use crate::whatsapp::{IngestError, Ingested};
+use crate::whatsapp::{IngestError, Ingested, meta};
 
 pub fn router(max_body_bytes: usize) -> Router<AppState> {
     Router::new()
@@ -24,6 +25,12 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
             "/api/v1/channels/whatsapp/webhook",
             post(webhook)
                 .options(options)
+                .layer(DefaultBodyLimit::max(max_body_bytes)),
+        )
+        .route(
+            "/webhook/meta",
+            get(meta_verify)
+                .post(meta_webhook)
                 .layer(DefaultBodyLimit::max(max_body_bytes)),
         )
         // Admin API: the API-key check (a later issue) goes in front of these two routes.
@@ -49,7 +56,12 @@ async fn webhook(
     ) {
         return Err(ApiError::Unauthorized("missing or wrong `code`".into()));
     }
-    let body = body.map_err(|rejection| {
+    let body = body_or_error(&state, body)?;
+    ingested(state.whatsapp.ingest(&body).await)
+}
+
+fn body_or_error(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
                 limit: state.settings.webhooks.max_body_bytes,
@@ -57,13 +69,68 @@ async fn webhook(
         } else {
             ApiError::BadRequest(rejection.body_text())
         }
-    })?;
-    match state.whatsapp.ingest(&body).await {
+    })
+}
+
+/// Stored (or a duplicate) → 200; the store down → 503 so the provider retries.
+fn ingested(result: Result<Ingested, IngestError>) -> Result<Response, ApiError> {
+    match result {
         Ok(Ingested::Validation { code }) => Ok(eventgrid::validation_response(&code)),
         Ok(Ingested::Events { .. }) => Ok(StatusCode::OK.into_response()),
         Err(IngestError::Envelope(err)) => Err(ApiError::BadRequest(err.to_string())),
+        Err(IngestError::Notification(err)) => Err(ApiError::BadRequest(err.to_string())),
         Err(IngestError::Store(err)) => Err(ApiError::unavailable(err)),
     }
+}
+
+/// Meta's subscription handshake: echo `hub.challenge` as text/plain when the token matches.
+async fn meta_verify(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let expected = state.settings.webhooks.meta_verify_token.as_ref();
+    if !meta::subscription_valid(
+        expected.map(|t| t.expose().as_str()),
+        query.get("hub.mode").map(String::as_str),
+        query.get("hub.verify_token").map(String::as_str),
+    ) {
+        return Err(ApiError::Forbidden(
+            "wrong `hub.mode` or `hub.verify_token`".into(),
+        ));
+    }
+    let challenge = query.get("hub.challenge").cloned().unwrap_or_default();
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        challenge,
+    )
+        .into_response())
+}
+
+/// A Meta notification: the signature is checked over the exact bytes before anything parses
+/// them; no app secret configured refuses every POST.
+async fn meta_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_or_error(&state, body)?;
+    let Some(secret) = state.settings.webhooks.meta_app_secret.as_ref() else {
+        return Err(ApiError::Unauthorized(
+            "META_APP_SECRET is not configured".into(),
+        ));
+    };
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if !meta::signature_valid(secret.expose().as_bytes(), signature, &body) {
+        return Err(ApiError::Unauthorized(
+            "missing or wrong `X-Hub-Signature-256`".into(),
+        ));
+    }
+    ingested(state.whatsapp.ingest_meta(&body).await)
 }
 
 #[derive(Serialize)]

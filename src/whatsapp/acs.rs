@@ -202,6 +202,7 @@ fn parse_received(event: &GridEvent) -> Result<InboundMessage, EventError> {
     };
     let unknown = || InboundContent::Unknown {
         message_type: message_type.clone(),
+        error_code: None,
     };
     let content = match message_type.to_ascii_lowercase().as_str() {
         "text" => d.content.clone().map(|text| InboundContent::Text { text }),
@@ -248,6 +249,7 @@ fn parse_received(event: &GridEvent) -> Result<InboundMessage, EventError> {
         business_number: non_empty(d.to),
         received_at: timestamp(d.received_timestamp.as_deref(), event.time),
         content,
+        display_name: None,
     })
 }
 

@@ -8,6 +8,7 @@
 //! [`WhatsApp::send`], [`WhatsApp::send_template`] (the handoff saga), [`WhatsApp::messages`].
 
 pub mod acs;
+pub mod meta;
 pub mod planner;
 pub mod sandbox;
 mod worker;
@@ -23,7 +24,9 @@ use crate::config::Settings;
 use crate::domain::template::{
     CONVERSATION_CONTINUATION, TemplateRegistry, TemplateSpec, TemplateStatus,
 };
-use crate::domain::{CustomerId, MessageRecord, OutboundMessage, StatusUpdate, WhatsAppProvider};
+use crate::domain::{
+    CustomerId, InboundContent, MessageRecord, OutboundMessage, StatusUpdate, WhatsAppProvider,
+};
 use crate::eventgrid::{self, Delivery, EnvelopeError};
 use crate::store::inbox::{Appended, DEDUPE_TTL, Inbox, InboxEvent, NewEntry};
 use crate::store::media::MediaStore;
@@ -69,6 +72,8 @@ pub trait WhatsAppSender: Send + Sync + 'static {
 pub enum IngestError {
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Notification(#[from] meta::NotificationError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -124,8 +129,9 @@ impl WhatsApp {
     pub fn new(settings: Arc<Settings>, ports: WhatsAppPorts) -> Arc<Self> {
         let wa = &settings.whatsapp;
         let (status_tx, status_rx) = mpsc::unbounded_channel();
-        let (sender, acs, sandbox): (Arc<dyn WhatsAppSender>, _, _) = match ports.acs {
-            Some(client) => {
+        let choice = choose_provider(&settings, ports.acs.is_some());
+        let (sender, acs, sandbox): (Arc<dyn WhatsAppSender>, _, _) = match (choice, ports.acs) {
+            (WhatsAppProvider::Acs, Some(client)) => {
                 let s = Arc::new(acs::AcsSender::new(
                     client,
                     &wa.acs_api_version,
@@ -133,7 +139,19 @@ impl WhatsApp {
                 ));
                 (s.clone(), Some(s), None)
             }
-            None => {
+            (WhatsAppProvider::Meta, _)
+                if let (Some(token), Some(number)) =
+                    (&wa.meta_access_token, &wa.meta_phone_number_id) =>
+            {
+                let s = Arc::new(meta::MetaSender::new(
+                    &wa.meta_graph_base_url,
+                    &wa.meta_graph_version,
+                    number,
+                    token.clone(),
+                ));
+                (s, None, None)
+            }
+            _ => {
                 let s = Arc::new(sandbox::SandboxSender::new(status_tx));
                 (s.clone(), None, Some(s))
             }
@@ -147,7 +165,10 @@ impl WhatsApp {
                 window_margin: wa.window_safety_margin,
                 send_rate_per_sec: wa.send_rate_per_sec,
                 recipient_min_interval: wa.recipient_min_interval,
-                default_business_number: wa.acs_channel_id.clone(),
+                default_business_number: match provider {
+                    WhatsAppProvider::Meta => wa.meta_phone_number_id.clone(),
+                    _ => wa.acs_channel_id.clone(),
+                },
             },
         );
         let templates = RwLock::new(load_templates(&settings));
@@ -208,6 +229,53 @@ impl WhatsApp {
                 }
             }
         }
+        self.record_delivery(entries, ignored).await
+    }
+
+    /// Handles one Meta webhook body whose signature the caller has verified: claim + record
+    /// every message and status durably, exactly like [`Self::ingest`]. Messages dedupe on
+    /// their wamid, statuses on (wamid, status).
+    pub async fn ingest_meta(&self, body: &[u8]) -> Result<Ingested, IngestError> {
+        let events = meta::parse_notification(body)?;
+        let mut entries = Vec::with_capacity(events.len());
+        let mut ignored = 0;
+        for event in events {
+            match event {
+                meta::MetaEvent::Received(m) => {
+                    if let InboundContent::Unknown { message_type, .. } = &m.content {
+                        self.count_unknown(&format!("meta:{message_type}"));
+                    }
+                    entries.push(NewEntry {
+                        dedupe_keys: vec![format!("msg:{}", m.message_id)],
+                        partition: m.customer.as_str().to_owned(),
+                        event: InboxEvent::Message(m),
+                    });
+                }
+                meta::MetaEvent::Status(s) => entries.push(NewEntry {
+                    dedupe_keys: vec![format!(
+                        "meta-status:{}:{}",
+                        s.message_id,
+                        s.status.as_str()
+                    )],
+                    partition: status_partition(&s),
+                    event: InboxEvent::Status(s),
+                }),
+                meta::MetaEvent::Ignored(why) => {
+                    // It can never succeed: acknowledge (Meta would retry it for days).
+                    ignored += 1;
+                    tracing::warn!(reason = why, "meta notification item ignored");
+                }
+            }
+        }
+        self.record_delivery(entries, ignored).await
+    }
+
+    /// The part every provider's webhook shares: record durably, then report what happened.
+    async fn record_delivery(
+        &self,
+        entries: Vec<NewEntry>,
+        ignored: usize,
+    ) -> Result<Ingested, IngestError> {
         let (fresh, duplicate) = self.record(entries).await?;
         Ok(Ingested::Events {
             fresh,
@@ -443,6 +511,37 @@ impl WhatsApp {
             }
         }
     }
+}
+
+/// `WHATSAPP_PROVIDER` when set; otherwise the one provider that is configured, the sandbox
+/// when none or both are.
+fn choose_provider(settings: &Settings, acs_configured: bool) -> WhatsAppProvider {
+    let wa = &settings.whatsapp;
+    let meta_configured = wa.meta_access_token.is_some() && wa.meta_phone_number_id.is_some();
+    let chosen = match wa.provider {
+        Some(p) => p,
+        None => match (acs_configured, meta_configured) {
+            (true, false) => WhatsAppProvider::Acs,
+            (false, true) => WhatsAppProvider::Meta,
+            (true, true) => {
+                tracing::warn!(
+                    "both ACS and Meta WhatsApp are configured: set WHATSAPP_PROVIDER; using the sandbox"
+                );
+                WhatsAppProvider::Sandbox
+            }
+            (false, false) => WhatsAppProvider::Sandbox,
+        },
+    };
+    let usable = match chosen {
+        WhatsAppProvider::Acs => acs_configured,
+        WhatsAppProvider::Meta => meta_configured,
+        WhatsAppProvider::Sandbox => true,
+    };
+    if !usable {
+        tracing::warn!(provider = ?chosen, "WHATSAPP_PROVIDER names a provider that is not configured; using the sandbox");
+        return WhatsAppProvider::Sandbox;
+    }
+    chosen
 }
 
 fn status_partition(s: &StatusUpdate) -> String {

@@ -372,6 +372,9 @@ impl WhatsApp {
                     session.last_inbound_at = Some(m.received_at);
                 }
                 session.window_closed_at = None;
+                if ctx.display_name.is_none() {
+                    ctx.display_name.clone_from(&m.display_name);
+                }
                 match opt_keyword(&m.content) {
                     Some(OptKeyword::Stop) => ctx.opted_out = true,
                     Some(OptKeyword::Start) => ctx.opted_out = false,

@@ -24,7 +24,7 @@ use crate::support::services::free_port;
 use crate::voice::{incoming_event, ring, wait_context};
 use crate::whatsapp::{CUSTOMER, deliver, quick, text};
 
-fn story_settings(port: u16) -> impl FnOnce(&mut Settings) {
+pub(crate) fn story_settings(port: u16) -> impl FnOnce(&mut Settings) {
     move |s| {
         s.port = port;
         s.public_base_url = format!("http://127.0.0.1:{port}");
@@ -33,7 +33,7 @@ fn story_settings(port: u16) -> impl FnOnce(&mut Settings) {
     }
 }
 
-async fn known_customer(app: &TestApp) -> CustomerId {
+pub(crate) async fn known_customer(app: &TestApp) -> CustomerId {
     let id = CustomerId::parse_phone(CUSTOMER).unwrap();
     app.state
         .stores
@@ -45,7 +45,7 @@ async fn known_customer(app: &TestApp) -> CustomerId {
 }
 
 /// Rings, connects ACS's side of the media socket, and waits for the greeting to be played.
-async fn call(app: &TestApp, event_id: &str) -> (String, AcsSocket) {
+pub(crate) async fn call(app: &TestApp, event_id: &str) -> (String, AcsSocket) {
     assert_eq!(
         ring(
             app,
@@ -124,7 +124,11 @@ fn templates(app: &TestApp) -> Vec<(Vec<String>, String)> {
         .collect()
 }
 
-async fn handoff_of(app: &TestApp, what: &str, ready: impl Fn(&Handoff) -> bool) -> Handoff {
+pub(crate) async fn handoff_of(
+    app: &TestApp,
+    what: &str,
+    ready: impl Fn(&Handoff) -> bool,
+) -> Handoff {
     let id = CustomerId::parse_phone(CUSTOMER).unwrap();
     for _ in 0..500 {
         if let Some(h) = app
