@@ -109,6 +109,9 @@ pub struct WhatsAppSettings {
     pub templates_file: Option<PathBuf>,
     /// Language of the built-in `conversation_continuation` template.
     pub template_language: String,
+    /// Template sent when WhatsApp reports a free-form reply failed because the 24-hour window
+    /// had closed (131047); `{{1}}` is the customer's first name. Unset: no fallback.
+    pub reengagement_template: Option<String>,
     /// `WHATSAPP_PROVIDER`; `None` = the one provider configured (sandbox when none or both).
     pub provider: Option<crate::domain::WhatsAppProvider>,
     /// Meta Cloud API system-user token (`Authorization: Bearer`).
@@ -346,6 +349,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "language of conversation_continuation (default en_US)",
     ),
     (
+        "WHATSAPP_REENGAGEMENT_TEMPLATE",
+        "template ({{1}} = first name) sent when a reply failed because the window had closed (131047); unset = none",
+    ),
+    (
         "WHATSAPP_PROVIDER",
         "`acs`, `meta` or `sandbox`; unset = the one configured (ACS: connection + channel id; Meta: token + phone number id), sandbox otherwise",
     ),
@@ -543,6 +550,7 @@ impl Settings {
                 template_language: env
                     .string("WHATSAPP_TEMPLATE_LANGUAGE")
                     .unwrap_or_else(|| "en_US".into()),
+                reengagement_template: env.string("WHATSAPP_REENGAGEMENT_TEMPLATE"),
                 provider: match env
                     .string("WHATSAPP_PROVIDER")
                     .as_deref()

@@ -16,11 +16,11 @@ use super::{Initiation, WhatsApp};
 use crate::agent::engine::{ToolHost, ToolOutcome, run_turn};
 use crate::agent::tools::ToolRequest;
 use crate::agent::{AgentInput, AgentRequest, ToolCall};
-use crate::domain::DeliveryStatus;
 use crate::domain::{
     Channel, Direction, InboundContent, InboundMessage, MessageRecord, OutboundMessage, Role,
     StatusUpdate, Turn, WhatsAppSession,
 };
+use crate::domain::{CustomerId, DeliveryStatus};
 use crate::handoff::tools::ConversationTools;
 use crate::store::StoreError;
 use crate::store::inbox::{EntryKey, InboxEntry, InboxEvent, NewEntry};
@@ -473,6 +473,8 @@ impl WhatsApp {
                 tracing::warn!(handoff_id = %h.id, error = %err, "cannot apply the delivery status to the handoff");
             }
         }
+        let reengage =
+            closes && record.direction == Direction::Outbound && record.kind != "template";
         if closes && let Some(customer) = record.customer.or(reported_customer) {
             self.contexts
                 .update(&customer, |ctx| {
@@ -482,8 +484,37 @@ impl WhatsApp {
                 })
                 .await?;
             tracing::warn!(customer = %customer, message_id = %message_id, "WhatsApp reports the service window closed (131047)");
+            if reengage {
+                self.reengage(&customer).await;
+            }
         }
         Ok(())
+    }
+
+    /// A free-form message failed because the window had closed (pitfall 1): only a template
+    /// can reach the customer now. Sends the configured re-engagement template, once per failed
+    /// message (a status that changes nothing does not get here).
+    async fn reengage(&self, customer: &CustomerId) {
+        let Some(template) = self.settings.whatsapp.reengagement_template.clone() else {
+            tracing::info!(customer = %customer, "no WHATSAPP_REENGAGEMENT_TEMPLATE: the failed reply waits for the customer's next message");
+            return;
+        };
+        let name = match self.contexts.get(customer).await {
+            Ok(Some(ctx)) => ctx.first_name().unwrap_or("there").to_owned(),
+            _ => "there".to_owned(),
+        };
+        match self
+            .send_template(customer, &template, vec![name], None)
+            .await
+        {
+            Ok(sent) => {
+                metrics::counter!("handoff_whatsapp_reengagements_total").increment(1);
+                tracing::info!(customer = %customer, message_id = %sent.message_id, template = %template, "re-engagement template sent after 131047");
+            }
+            Err(err) => {
+                tracing::warn!(customer = %customer, template = %template, error = %err, "re-engagement template not sent")
+            }
+        }
     }
 
     /// One agent answer to a burst of messages, sent through the planner.

@@ -553,3 +553,62 @@ async fn whatsapp_on_cosmos_records_answers_dedupes_and_orders_statuses() {
         .collect();
     assert_eq!(inbound, ["m1", "m2", "m3"]);
 }
+
+/// Pitfall 1: a reply WhatsApp refused later because the window had closed (131047 in its
+/// status) is followed by the configured re-engagement template, once.
+#[tokio::test]
+async fn a_reply_failed_with_131047_falls_back_to_the_reengagement_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates.json");
+    std::fs::write(
+        &templates,
+        r#"[{"name":"we_replied","language":"en_US","category":"utility","body_parameters":1,"buttons":[]}]"#,
+    )
+    .unwrap();
+    let app = TestApp::spawn_with(|s| {
+        quick(s);
+        s.whatsapp.templates_file = Some(templates);
+        s.whatsapp.reengagement_template = Some("we_replied".into());
+    })
+    .await;
+    assert_eq!(
+        deliver(&app, &json!([text("e-r1", "m-r1", "hello?")]))
+            .await
+            .status(),
+        200
+    );
+    let log = eventually(&app, CUSTOMER, "the agent's reply", |m| {
+        count(m, "outbound") == 1
+    })
+    .await;
+    let reply = log.iter().find(|r| r["direction"] == "outbound").unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let failed = json!([status("e-r2", &reply, "failed", Some("131047"))]);
+    assert_eq!(deliver(&app, &failed).await.status(), 200);
+    let log = eventually(&app, CUSTOMER, "the re-engagement template", |m| {
+        count(m, "outbound") == 2
+    })
+    .await;
+    assert_eq!(
+        log.iter().filter(|r| r["kind"] == "template").count(),
+        1,
+        "{log:#?}"
+    );
+    let sent = app.state.whatsapp.sandbox_records().unwrap();
+    assert!(sent.iter().any(|r| matches!(&r.message,
+        handoff::domain::OutboundMessage::Template(t) if t.name == "we_replied" && t.body == vec!["there".to_owned()])));
+    // The same failure delivered again changes nothing: no second template.
+    assert_eq!(
+        deliver(
+            &app,
+            &json!([status("e-r3", &reply, "failed", Some("131047"))])
+        )
+        .await
+        .status(),
+        200
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(count(&messages(&app, CUSTOMER).await, "outbound"), 2);
+}
