@@ -16,6 +16,34 @@ use crate::domain::{CustomerId, Handoff, HandoffId, Version};
 const BACKEND: &str = "embedded";
 /// handoff id → revision (8 bytes, big-endian) + handoff JSON.
 const HANDOFFS: TableDefinition<&str, &[u8]> = TableDefinition::new("handoffs");
+/// `{customer id}\0{handoff id}` → (): a customer's handoffs without reading everyone's (the
+/// WhatsApp worker asks on every inbound message and delivery status).
+const BY_CUSTOMER: TableDefinition<&str, ()> = TableDefinition::new("handoffs_by_customer");
+
+/// handoff id → (): the sagas a worker still has to drive, so the recovery sweep reads only them.
+const UNFINISHED: TableDefinition<&str, ()> = TableDefinition::new("handoffs_unfinished");
+
+/// Keeps the unfinished index in step with a write of `handoff`.
+fn index_unfinished(txn: &redb::WriteTransaction, handoff: &Handoff) -> Result<(), StoreError> {
+    let mut index = txn
+        .open_table(UNFINISHED)
+        .map_err(|e| StoreError::backend(BACKEND, e))?;
+    let key = handoff.id.as_str();
+    if handoff.unfinished() {
+        index
+            .insert(key, ())
+            .map_err(|e| StoreError::backend(BACKEND, e))?;
+    } else {
+        index
+            .remove(key)
+            .map_err(|e| StoreError::backend(BACKEND, e))?;
+    }
+    Ok(())
+}
+
+fn customer_key(customer: &CustomerId, id: &HandoffId) -> String {
+    format!("{}\0{}", customer.as_str(), id.as_str())
+}
 
 #[async_trait]
 pub trait HandoffStore: Send + Sync + 'static {
@@ -138,6 +166,12 @@ impl HandoffStore for EmbeddedStore {
                 table
                     .insert(handoff.id.as_str(), bytes.as_slice())
                     .map_err(|e| StoreError::backend(BACKEND, e))?;
+                // The customer of a handoff never changes, so the index is written once.
+                txn.open_table(BY_CUSTOMER)
+                    .map_err(|e| StoreError::backend(BACKEND, e))?
+                    .insert(customer_key(&handoff.customer_id, &handoff.id).as_str(), ())
+                    .map_err(|e| StoreError::backend(BACKEND, e))?;
+                index_unfinished(txn, &handoff)?;
                 handoff.version = Some(Version::new("1"));
                 Ok(handoff)
             })
@@ -166,6 +200,7 @@ impl HandoffStore for EmbeddedStore {
                 table
                     .insert(handoff.id.as_str(), bytes.as_slice())
                     .map_err(|e| StoreError::backend(BACKEND, e))?;
+                index_unfinished(txn, &handoff)?;
                 handoff.version = Some(Version::new(next.to_string()));
                 Ok(handoff)
             })
@@ -179,21 +214,62 @@ impl HandoffStore for EmbeddedStore {
     }
 
     async fn for_customer(&self, customer: &CustomerId) -> Result<Vec<Handoff>, StoreError> {
-        Ok(self
-            .all_handoffs()
-            .await?
-            .into_iter()
-            .filter(|h| &h.customer_id == customer)
-            .collect())
+        let prefix = format!("{}\0", customer.as_str());
+        self.db()
+            .read(move |txn| {
+                let (index, handoffs) =
+                    match (txn.open_table(BY_CUSTOMER), txn.open_table(HANDOFFS)) {
+                        (Ok(i), Ok(h)) => (i, h),
+                        (Err(redb::TableError::TableDoesNotExist(_)), _)
+                        | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(Vec::new()),
+                        (Err(e), _) | (_, Err(e)) => return Err(StoreError::backend(BACKEND, e)),
+                    };
+                let mut out = Vec::new();
+                let range = index
+                    .range(prefix.as_str()..)
+                    .map_err(|e| StoreError::backend(BACKEND, e))?;
+                for row in range {
+                    let (key, _) = row.map_err(|e| StoreError::backend(BACKEND, e))?;
+                    let Some(id) = key.value().strip_prefix(prefix.as_str()).map(str::to_owned)
+                    else {
+                        break;
+                    };
+                    if let Some(value) = handoffs
+                        .get(id.as_str())
+                        .map_err(|e| StoreError::backend(BACKEND, e))?
+                    {
+                        out.push(decode(value.value())?);
+                    }
+                }
+                out.sort_by_key(|h| std::cmp::Reverse(h.created_at));
+                Ok(out)
+            })
+            .await
     }
 
     async fn unfinished(&self) -> Result<Vec<Handoff>, StoreError> {
-        Ok(self
-            .all_handoffs()
-            .await?
-            .into_iter()
-            .filter(Handoff::unfinished)
-            .collect())
+        self.db()
+            .read(|txn| {
+                let (index, handoffs) = match (txn.open_table(UNFINISHED), txn.open_table(HANDOFFS))
+                {
+                    (Ok(i), Ok(h)) => (i, h),
+                    (Err(redb::TableError::TableDoesNotExist(_)), _)
+                    | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(Vec::new()),
+                    (Err(e), _) | (_, Err(e)) => return Err(StoreError::backend(BACKEND, e)),
+                };
+                let mut out = Vec::new();
+                for row in index.iter().map_err(|e| StoreError::backend(BACKEND, e))? {
+                    let (id, _) = row.map_err(|e| StoreError::backend(BACKEND, e))?;
+                    if let Some(value) = handoffs
+                        .get(id.value())
+                        .map_err(|e| StoreError::backend(BACKEND, e))?
+                    {
+                        out.push(decode(value.value())?);
+                    }
+                }
+                Ok(out)
+            })
+            .await
     }
 }
 
