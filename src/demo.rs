@@ -82,7 +82,7 @@ impl Narrator {
                         t.body.get(1).map(String::as_str).unwrap_or("")
                     ),
                 ),
-                OutboundMessage::Text { text } => {
+                OutboundMessage::Text { text, .. } => {
                     for (i, line) in text.lines().enumerate() {
                         self.say("whatsapp", if i == 0 { "agent" } else { "" }, line);
                     }
@@ -315,7 +315,7 @@ async fn story(state: &AppState, base: &str) -> Result<(), DemoError> {
                 .sandbox_records()?
                 .iter()
                 .any(|r| match &r.message {
-                    OutboundMessage::Text { text } => text.contains("From the call"),
+                    OutboundMessage::Text { text, .. } => text.contains("From the call"),
                     _ => false,
                 });
             answered.then_some(())

@@ -146,6 +146,28 @@ impl InboundContent {
         }
     }
 
+    /// Like [`Self::describe`], saying so when the message's media could not be fetched.
+    pub fn describe_for(&self, media: Option<&MediaRecord>) -> String {
+        match (self, media) {
+            (Self::Media(m), Some(r)) if !r.available => {
+                format!("{} (could not be downloaded)", m.kind.as_str())
+            }
+            _ => self.describe(),
+        }
+    }
+
+    /// Like [`Self::transcript_text`], saying so when the message's media could not be
+    /// fetched: whoever reads the transcript (the agent) knows it is missing.
+    pub fn transcript_text_for(&self, media: Option<&MediaRecord>) -> String {
+        match (self, media) {
+            (Self::Media(m), Some(r)) if !r.available => match self.agent_text() {
+                Some(caption) => format!("[{}, not available] {caption}", m.kind.as_str()),
+                None => format!("[{}, not available]", m.kind.as_str()),
+            },
+            _ => self.transcript_text(),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Text { .. } => "text",
@@ -245,6 +267,57 @@ pub struct StatusUpdate {
     /// WhatsApp's error code (e.g. `131047`) of a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+    /// How WhatsApp bills the message, when the provider says (Meta `pricing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
+    /// The conversation the message was billed in, when the provider says (Meta `conversation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<ConversationInfo>,
+}
+
+/// How WhatsApp bills a sent message (Meta `statuses[].pricing`). Every field is optional:
+/// providers omit what does not apply, and a report without any of them is still kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Pricing {
+    /// `marketing`, `utility`, `authentication`, `service`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billable: Option<bool>,
+    /// `PMP` (per message) or `CBP` (conversation based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing_model: Option<String>,
+    /// `regular`, `free_customer_service`, `free_entry_point` (per-message pricing only).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// The WhatsApp conversation a message was billed in (Meta `statuses[].conversation`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConversationInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// What opened it: `service`, `utility`, `marketing`, `authentication`, `referral_conversion`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What became of an inbound message's media: kept in the media store, or not available (the
+/// download failed; the message itself is kept either way).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaRecord {
+    /// The provider's media id, which is also the media store key.
+    pub media_id: String,
+    pub available: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// Hex SHA-256 of the stored bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// WhatsApp's "re-engagement message" error: the 24-hour window was closed.
@@ -274,10 +347,63 @@ pub struct MessageRecord {
     pub history: Vec<StatusChange>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+    /// Outbound: how WhatsApp bills it (from its status reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
+    /// Outbound: the conversation it was billed in (from its status reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<ConversationInfo>,
+    /// Inbound media: whether it was downloaded and stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaRecord>,
 }
 
 impl MessageRecord {
-    /// Applies a status report; returns whether anything changed.
+    /// A record with only the fields every message has.
+    pub fn new(
+        message_id: impl Into<String>,
+        customer: Option<CustomerId>,
+        direction: Direction,
+        kind: impl Into<String>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            message_id: message_id.into(),
+            customer,
+            direction,
+            kind: kind.into(),
+            at,
+            status: None,
+            history: Vec::new(),
+            error_code: None,
+            pricing: None,
+            conversation: None,
+            media: None,
+        }
+    }
+
+    /// Keeps the billing details a status report carries, whether or not its status moves the
+    /// record (pricing comes on `sent` and on one of `delivered`/`read`, in any order). Returns
+    /// whether anything was learned.
+    pub fn merge_billing(&mut self, update: &StatusUpdate) -> bool {
+        let mut changed = false;
+        if let Some(p) = &update.pricing
+            && self.pricing.as_ref() != Some(p)
+        {
+            self.pricing = Some(p.clone());
+            changed = true;
+        }
+        if let Some(c) = &update.conversation
+            && self.conversation.as_ref() != Some(c)
+        {
+            self.conversation = Some(c.clone());
+            changed = true;
+        }
+        changed
+    }
+
+    /// Applies a status report's delivery status; returns whether the status changed (billing
+    /// details are kept by [`Self::merge_billing`]).
     pub fn apply(&mut self, update: &StatusUpdate) -> bool {
         let current = self.status.unwrap_or(DeliveryStatus::Accepted);
         let next = if self.status.is_none() {
@@ -305,6 +431,12 @@ impl MessageRecord {
     /// Merges what a send learned into a record a status report created first.
     pub fn merge_send(&mut self, sent: MessageRecord) {
         let early = std::mem::replace(self, sent);
+        if self.pricing.is_none() {
+            self.pricing = early.pricing;
+        }
+        if self.conversation.is_none() {
+            self.conversation = early.conversation;
+        }
         for change in early.history {
             let error_code = (change.status == DeliveryStatus::Failed)
                 .then(|| early.error_code.clone())
@@ -315,6 +447,8 @@ impl MessageRecord {
                 customer: None,
                 at: change.at,
                 error_code,
+                pricing: None,
+                conversation: None,
             });
         }
     }
@@ -352,20 +486,21 @@ mod tests {
             customer: None,
             at: DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap(),
             error_code: None,
+            pricing: None,
+            conversation: None,
         }
     }
 
     fn record() -> MessageRecord {
-        MessageRecord {
-            message_id: "m".into(),
-            customer: None,
-            direction: Direction::Outbound,
-            kind: "text".into(),
-            at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-            status: Some(Accepted),
-            history: vec![],
-            error_code: None,
-        }
+        let mut r = MessageRecord::new(
+            "m",
+            None,
+            Direction::Outbound,
+            "text",
+            DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        );
+        r.status = Some(Accepted);
+        r
     }
 
     #[test]
@@ -388,6 +523,77 @@ mod tests {
         assert_eq!(early.status, Some(Delivered));
     }
 
+    fn priced(status: DeliveryStatus, secs: i64, category: &str) -> StatusUpdate {
+        StatusUpdate {
+            pricing: Some(Pricing {
+                category: Some(category.into()),
+                billable: Some(true),
+                pricing_model: Some("PMP".into()),
+                kind: None,
+            }),
+            conversation: Some(ConversationInfo {
+                id: Some("conv-1".into()),
+                origin: Some(category.into()),
+                expires_at: None,
+            }),
+            ..update(status, secs)
+        }
+    }
+
+    #[test]
+    fn billing_is_kept_even_from_a_report_that_does_not_move_the_status() {
+        let mut r = record();
+        let read = update(Read, 3);
+        assert!(r.apply(&read));
+        assert!(!r.merge_billing(&read), "nothing to learn");
+        // `sent` arrives late with the pricing: the status stays, the pricing is kept.
+        let sent = priced(Sent, 1, "utility");
+        assert!(!r.apply(&sent));
+        assert!(r.merge_billing(&sent));
+        assert_eq!(r.status, Some(Read));
+        assert_eq!(
+            r.pricing.as_ref().unwrap().category.as_deref(),
+            Some("utility")
+        );
+        assert_eq!(
+            r.conversation.as_ref().unwrap().id.as_deref(),
+            Some("conv-1")
+        );
+        assert!(
+            !r.merge_billing(&sent),
+            "the same details again change nothing"
+        );
+    }
+
+    #[test]
+    fn billing_reported_before_the_send_survives_the_merge() {
+        let mut early = record();
+        early.status = None;
+        let delivered = priced(Delivered, 2, "marketing");
+        early.apply(&delivered);
+        early.merge_billing(&delivered);
+        early.merge_send(record());
+        assert_eq!(early.status, Some(Delivered));
+        assert_eq!(
+            early.pricing.as_ref().unwrap().category.as_deref(),
+            Some("marketing")
+        );
+    }
+
+    #[test]
+    fn records_written_before_billing_and_media_existed_still_read() {
+        let old = r#"{"message_id":"m","direction":"outbound","kind":"text",
+            "at":"2025-01-01T00:00:00Z","status":"read","history":[]}"#;
+        let r: MessageRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.status, Some(Read));
+        assert!(r.pricing.is_none() && r.conversation.is_none() && r.media.is_none());
+        let again = serde_json::to_value(&r).unwrap();
+        assert!(
+            again.get("pricing").is_none(),
+            "absent stays absent: {again}"
+        );
+    }
+
     #[test]
     fn content_is_described_without_bodies_for_non_text() {
         let c = InboundContent::Reaction {
@@ -403,5 +609,24 @@ mod tests {
             caption: Some("look".into()),
         });
         assert_eq!(m.transcript_text(), "[image] look");
+        let mut media = MediaRecord {
+            media_id: "i".into(),
+            available: true,
+            mime_type: None,
+            size_bytes: None,
+            sha256: None,
+        };
+        assert_eq!(m.transcript_text_for(Some(&media)), "[image] look");
+        assert_eq!(m.describe_for(Some(&media)), "image");
+        media.available = false;
+        assert_eq!(
+            m.transcript_text_for(Some(&media)),
+            "[image, not available] look"
+        );
+        assert_eq!(
+            m.describe_for(Some(&media)),
+            "image (could not be downloaded)"
+        );
+        assert_eq!(c.transcript_text_for(Some(&media)), "[reaction 👍]");
     }
 }

@@ -20,7 +20,7 @@ pub use handoff::{
     TransitionError,
 };
 pub use message::{
-    DeliveryStatus, Direction, InboundContent, InboundMedia, InboundMessage, MediaKind,
-    MessageRecord, StatusUpdate,
+    ConversationInfo, DeliveryStatus, Direction, InboundContent, InboundMedia, InboundMessage,
+    MediaKind, MediaRecord, MessageRecord, Pricing, StatusUpdate,
 };
 pub use outbound::{Interactive, OutboundMessage, TemplateMessage};

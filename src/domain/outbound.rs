@@ -16,6 +16,10 @@ pub const SERVICE_WINDOW: Duration = Duration::hours(24);
 pub enum OutboundMessage {
     Text {
         text: String,
+        /// The customer's message this one answers (shown quoted). Meta sends it as
+        /// `context.message_id`; ACS has no equivalent and ignores it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
     },
     Image {
         url: String,
@@ -46,6 +50,14 @@ pub enum OutboundMessage {
 }
 
 impl OutboundMessage {
+    /// A text message that answers nothing in particular.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::Text {
+            text: text.into(),
+            reply_to: None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Text { .. } => "text",

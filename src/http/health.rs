@@ -1,7 +1,9 @@
 //! Liveness and readiness.
 //!
 //! `/healthz` says the process is alive. `/readyz` does a real round trip to every configured
-//! backend, concurrently and with a deadline, and answers 503 naming each one that failed.
+//! backend, concurrently and with a deadline, and answers 503 naming each one that failed. The
+//! WhatsApp provider reports too when it has something to say (Meta: an expired access token,
+//! error 190, fails readiness until a Graph call succeeds again).
 
 use std::time::Duration;
 
@@ -74,7 +76,23 @@ pub async fn check_readiness(state: &AppState) -> Readiness {
             error,
         }
     });
-    let backends = futures::future::join_all(checks).await;
+    let provider = async {
+        let outcome =
+            tokio::time::timeout(CHECK_DEADLINE, state.whatsapp.provider_readiness()).await;
+        let error = match outcome {
+            Ok(None) => return None,
+            Ok(Some(Ok(()))) => None,
+            Ok(Some(Err(reason))) => Some(reason),
+            Err(_) => Some(format!("no answer within {CHECK_DEADLINE:?}")),
+        };
+        Some(BackendStatus {
+            name: "whatsapp_provider",
+            ok: error.is_none(),
+            error,
+        })
+    };
+    let (mut backends, provider) = futures::join!(futures::future::join_all(checks), provider);
+    backends.extend(provider);
     let failing: Vec<_> = backends.iter().filter(|b| !b.ok).map(|b| b.name).collect();
     Readiness {
         status: if failing.is_empty() {

@@ -344,27 +344,26 @@ impl MessageLog for CosmosMessageLog {
                 id: encode_id(&update.message_id),
                 customer_id: ORPHANS.to_owned(),
                 seq: now_micros(),
-                record: MessageRecord {
-                    message_id: update.message_id.clone(),
-                    customer: None,
-                    direction: crate::domain::Direction::Outbound,
-                    kind: "unknown".into(),
-                    at: update.at,
-                    status: None,
-                    history: Vec::new(),
-                    error_code: None,
-                },
+                record: MessageRecord::new(
+                    update.message_id.clone(),
+                    None,
+                    crate::domain::Direction::Outbound,
+                    "unknown",
+                    update.at,
+                ),
                 etag: None,
             });
             let mut probe = update.clone();
             if doc.record.customer.is_none() {
                 probe.customer = None;
             }
-            if !doc.record.apply(&probe) {
+            let moved = doc.record.apply(&probe);
+            let learned = doc.record.merge_billing(&probe);
+            if !moved && !learned {
                 return Ok(None);
             }
             if self.write(&doc).await? {
-                return Ok(Some(doc.record));
+                return Ok(moved.then_some(doc.record));
             }
         }
         Err(StoreError::unavailable(

@@ -263,6 +263,8 @@ mod tests {
                 customer: None,
                 at: chrono::Utc::now(),
                 error_code: None,
+                pricing: None,
+                conversation: None,
             }),
         }
     }

@@ -18,8 +18,9 @@ pub trait MessageLog: Send + Sync + 'static {
     /// Records a message; if a record with its id exists (a status that came first, or a
     /// redelivered inbound message), merges instead of duplicating.
     async fn record(&self, record: MessageRecord) -> Result<(), StoreError>;
-    /// Applies a status report. Returns the record when the report changed it; `None` when it
-    /// changed nothing. A report for an unknown message is kept, so the send can merge it.
+    /// Applies a status report. Returns the record when the report moved its status; `None`
+    /// when it did not (billing details it carries are kept either way). A report for an
+    /// unknown message is kept, so the send can merge it.
     async fn apply_status(&self, update: StatusUpdate)
     -> Result<Option<MessageRecord>, StoreError>;
     async fn get(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError>;
@@ -122,17 +123,15 @@ impl MessageLog for EmbeddedMessageLog {
                 let mut messages = txn.open_table(MESSAGES).map_err(be)?;
                 let mut record = match load(&messages, &update.message_id)? {
                     Some(r) => r,
-                    None => MessageRecord {
-                        message_id: update.message_id.clone(),
-                        // Filled in when the send is recorded; an orphan is not listed.
-                        customer: None,
-                        direction: crate::domain::Direction::Outbound,
-                        kind: "unknown".into(),
-                        at: update.at,
-                        status: None,
-                        history: Vec::new(),
-                        error_code: None,
-                    },
+                    // The customer is filled in when the send is recorded; an orphan is not
+                    // listed.
+                    None => MessageRecord::new(
+                        update.message_id.clone(),
+                        None,
+                        crate::domain::Direction::Outbound,
+                        "unknown",
+                        update.at,
+                    ),
                 };
                 // Keep the customer unset on orphans: `record` indexes when the send arrives.
                 let orphan = record.customer.is_none();
@@ -140,14 +139,16 @@ impl MessageLog for EmbeddedMessageLog {
                 if orphan {
                     probe.customer = None;
                 }
-                if !record.apply(&probe) {
+                let moved = record.apply(&probe);
+                let learned = record.merge_billing(&probe);
+                if !moved && !learned {
                     return Ok(None);
                 }
                 let bytes = serde_json::to_vec(&record).map_err(be)?;
                 messages
                     .insert(record.message_id.as_str(), bytes.as_slice())
                     .map_err(be)?;
-                Ok(Some(record))
+                Ok(moved.then_some(record))
             })
             .await
     }
@@ -202,6 +203,8 @@ mod tests {
             customer: None,
             at: at(s),
             error_code: None,
+            pricing: None,
+            conversation: None,
         }
     }
 
@@ -220,18 +223,15 @@ mod tests {
                 .is_some()
         );
         assert!(log.list(&customer).await.unwrap().is_empty());
-        log.record(MessageRecord {
-            message_id: "out-1".into(),
-            customer: Some(customer.clone()),
-            direction: Direction::Outbound,
-            kind: "text".into(),
-            at: at(1),
-            status: Some(DeliveryStatus::Accepted),
-            history: vec![],
-            error_code: None,
-        })
-        .await
-        .unwrap();
+        let mut sent = MessageRecord::new(
+            "out-1",
+            Some(customer.clone()),
+            Direction::Outbound,
+            "text",
+            at(1),
+        );
+        sent.status = Some(DeliveryStatus::Accepted);
+        log.record(sent).await.unwrap();
         let listed = log.list(&customer).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].status, Some(DeliveryStatus::Delivered));

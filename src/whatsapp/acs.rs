@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Recipient, SenderError, WhatsAppSender};
+use super::{FetchedMedia, Recipient, SenderError, WhatsAppSender};
 use crate::acs::{AcsClient, AcsError, AcsRequest, Retry};
 use crate::domain::outbound::InteractiveAction;
 use crate::domain::template::{TemplateButton, TemplateCategory, TemplateSpec, TemplateStatus};
@@ -273,6 +273,9 @@ fn parse_status(event: &GridEvent) -> Result<Option<StatusUpdate>, EventError> {
         customer: customer(to.as_deref(), bsuid.as_deref()).ok(),
         at: timestamp(d.received_timestamp.as_deref(), event.time),
         error_code,
+        // ACS delivery reports carry no billing details.
+        pricing: None,
+        conversation: None,
     }))
 }
 
@@ -286,7 +289,8 @@ pub fn send_body(channel_id: &str, to: &str, message: &OutboundMessage) -> (Valu
     let mut preview = false;
     put("kind", json!(message.kind()));
     match message {
-        OutboundMessage::Text { text } => put("content", json!(text)),
+        // ACS has no reply context on sends: `reply_to` is dropped (the text still goes out).
+        OutboundMessage::Text { text, .. } => put("content", json!(text)),
         OutboundMessage::Image { url, caption } | OutboundMessage::Video { url, caption } => {
             put("mediaUri", json!(url));
             if let Some(c) = caption {
@@ -429,7 +433,7 @@ impl AcsSender {
     }
 
     /// Downloads an inbound media item (`GET /messages/streams/{id}`).
-    pub async fn download_media(&self, media_id: &str) -> Result<Bytes, SenderError> {
+    pub async fn download_stream(&self, media_id: &str) -> Result<Bytes, SenderError> {
         let request = AcsRequest {
             method: Method::GET,
             path: format!("/messages/streams/{media_id}"),
@@ -594,6 +598,35 @@ impl WhatsAppSender for AcsSender {
             .map(|r| r.message_id)
             .ok_or_else(|| SenderError::Unavailable("send result has no receipt".into()))
     }
+
+    /// One more try after 401/404: the stream may not be ready yet (transient failures are
+    /// already retried by the client).
+    async fn download_media(&self, media: &InboundMedia) -> Result<FetchedMedia, SenderError> {
+        // The id comes from outside and becomes a signed request path.
+        let id = media.media_id.trim();
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(SenderError::Unavailable(
+                "media id is not an ACS stream id".into(),
+            ));
+        }
+        let bytes = match self.download_stream(id).await {
+            Err(SenderError::Rejected {
+                status: 401 | 404, ..
+            }) => self.download_stream(id).await?,
+            other => other?,
+        };
+        Ok(FetchedMedia {
+            bytes,
+            mime_type: media.mime_type.clone(),
+        })
+    }
+
+    // `mark_read`: ACS has read receipts only in a preview api-version (wire-formats 3.4.5);
+    // the default (nothing) stands until that is GA.
 }
 
 #[cfg(test)]
@@ -735,5 +768,17 @@ mod tests {
         assert_eq!(spec.body_parameters, 2);
         assert_eq!(spec.buttons, vec![TemplateButton::QuickReply]);
         assert_eq!(spec.status, TemplateStatus::Approved);
+    }
+
+    #[test]
+    fn a_text_reply_context_is_not_sent_to_acs() {
+        let reply = OutboundMessage::Text {
+            text: "Yes".into(),
+            reply_to: Some("wamid.in".into()),
+        };
+        let (with, _) = send_body("channel", "14254360097", &reply);
+        let (without, _) = send_body("channel", "14254360097", &OutboundMessage::text("Yes"));
+        assert_eq!(with, without, "ACS has no reply context: {with}");
+        assert_eq!(with["content"], "Yes");
     }
 }

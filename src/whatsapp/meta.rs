@@ -1,8 +1,11 @@
 //! The Meta WhatsApp Cloud API adapter: the only module that knows Meta's JSON. Verifies
 //! `X-Hub-Signature-256` over the raw webhook body, converts every `entry[].changes[].value`
-//! (`messages[]`, `statuses[]`, `contacts[]`) into domain types, and sends through the Graph
-//! API (`MetaSender`) with its error codes classified in one table.
+//! (`messages[]`, `statuses[]` with their pricing, `contacts[]`, `errors[]`) into domain types,
+//! and talks to the Graph API (`MetaSender`: sends, inbound media, read receipts) with its error
+//! codes classified in one table. An expired token (190) is tracked in [`TokenHealth`] until a
+//! Graph call succeeds again.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,13 +16,13 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::{Recipient, SenderError, WhatsAppSender};
+use super::{FetchedMedia, Recipient, SenderError, WhatsAppSender};
 use crate::acs::RetryPolicy;
 use crate::config::Secret;
 use crate::domain::outbound::InteractiveAction;
 use crate::domain::{
-    CustomerId, DeliveryStatus, InboundContent, InboundMedia, InboundMessage, MediaKind,
-    OutboundMessage, StatusUpdate, WhatsAppProvider,
+    ConversationInfo, CustomerId, DeliveryStatus, InboundContent, InboundMedia, InboundMessage,
+    MediaKind, OutboundMessage, Pricing, StatusUpdate, WhatsAppProvider,
 };
 
 /// What one Meta notification item means for WhatsApp.
@@ -27,6 +30,12 @@ use crate::domain::{
 pub enum MetaEvent {
     Received(InboundMessage),
     Status(StatusUpdate),
+    /// A `value.errors[]` item: Meta reporting a problem with the business account or app
+    /// rather than with one message (190: the token expired).
+    ProviderError {
+        code: Option<String>,
+        title: Option<String>,
+    },
     /// An item that can never be used (no sender, no id); acknowledged and counted.
     Ignored(&'static str),
 }
@@ -104,6 +113,9 @@ struct ChangeValue {
     messages: Vec<Value>,
     #[serde(default)]
     statuses: Vec<Value>,
+    /// A `value` may carry only `errors[]` (no messages, no statuses).
+    #[serde(default)]
+    errors: Vec<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,6 +238,8 @@ struct Location {
 struct ErrorItem {
     #[serde(default)]
     code: Option<Value>,
+    #[serde(default)]
+    title: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +256,11 @@ struct Status {
     recipient_user_id: Option<String>,
     #[serde(default)]
     errors: Vec<ErrorItem>,
+    /// Kept raw and read field by field: an odd pricing block must not cost the status.
+    #[serde(default)]
+    pricing: Option<Value>,
+    #[serde(default)]
+    conversation: Option<Value>,
 }
 
 fn non_empty(s: Option<&str>) -> Option<String> {
@@ -262,11 +281,63 @@ fn unix_seconds(raw: Option<&Value>) -> DateTime<Utc> {
 }
 
 fn error_code(errors: &[ErrorItem]) -> Option<String> {
-    errors.iter().find_map(|e| match &e.code {
+    errors.iter().find_map(|e| code_text(e.code.as_ref()))
+}
+
+fn code_text(code: Option<&Value>) -> Option<String> {
+    match code {
         Some(Value::Number(n)) => Some(n.to_string()),
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
         _ => None,
-    })
+    }
+}
+
+/// A string field, or a number/bool written as one.
+fn text_field(v: &Value, key: &str) -> Option<String> {
+    match v.get(key)? {
+        Value::String(s) => non_empty(Some(s)),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// `pricing { billable, pricing_model, category, type }`, each field optional; `billable` may
+/// come as a bool or as `"true"`/`"false"`. Nothing usable: `None`.
+fn pricing(raw: Option<&Value>) -> Option<Pricing> {
+    let raw = raw.filter(|v| v.is_object())?;
+    let billable = match raw.get("billable") {
+        Some(Value::Bool(b)) => Some(*b),
+        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("true") => Some(true),
+        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    };
+    let p = Pricing {
+        category: text_field(raw, "category"),
+        billable,
+        pricing_model: text_field(raw, "pricing_model"),
+        kind: text_field(raw, "type"),
+    };
+    (p != Pricing::default()).then_some(p)
+}
+
+/// `conversation { id, expiration_timestamp, origin { type } }`, each field optional.
+fn conversation(raw: Option<&Value>) -> Option<ConversationInfo> {
+    let raw = raw.filter(|v| v.is_object())?;
+    let expires_at = raw
+        .get("expiration_timestamp")
+        .and_then(|v| match v {
+            Value::String(s) => s.trim().parse::<i64>().ok(),
+            Value::Number(n) => n.as_i64(),
+            _ => None,
+        })
+        .and_then(|s| DateTime::from_timestamp(s, 0));
+    let c = ConversationInfo {
+        id: text_field(raw, "id"),
+        origin: raw.get("origin").and_then(|o| text_field(o, "type")),
+        expires_at,
+    };
+    (c != ConversationInfo::default()).then_some(c)
 }
 
 fn customer(phone: Option<&str>, bsuid: Option<&str>) -> Option<CustomerId> {
@@ -294,6 +365,21 @@ pub fn parse_notification(body: &[u8]) -> Result<Vec<MetaEvent>, NotificationErr
         }
         for raw in &value.statuses {
             events.push(parse_status(raw));
+        }
+        for raw in &value.errors {
+            events.push(match ErrorItem::deserialize(raw) {
+                Ok(e) => MetaEvent::ProviderError {
+                    code: code_text(e.code.as_ref()),
+                    title: match e.title {
+                        Some(Value::String(t)) => non_empty(Some(&t)),
+                        _ => None,
+                    },
+                },
+                Err(_) => MetaEvent::ProviderError {
+                    code: None,
+                    title: None,
+                },
+            });
         }
     }
     Ok(events)
@@ -425,6 +511,8 @@ fn parse_status(raw: &Value) -> MetaEvent {
         customer: customer(s.recipient_id.as_deref(), s.recipient_user_id.as_deref()),
         at: unix_seconds(s.timestamp.as_ref()),
         error_code: error_code(&s.errors),
+        pricing: pricing(s.pricing.as_ref()),
+        conversation: conversation(s.conversation.as_ref()),
     })
 }
 
@@ -445,6 +533,9 @@ pub enum GraphErrorClass {
     TokenExpired,
     Other,
 }
+
+/// Graph's "access token expired or revoked".
+pub const TOKEN_EXPIRED_CODE: &str = "190";
 
 pub fn classify(code: i64) -> GraphErrorClass {
     match code {
@@ -475,7 +566,7 @@ pub fn send_body(to: &str, message: &OutboundMessage) -> Value {
         m
     };
     let (kind, payload) = match message {
-        OutboundMessage::Text { text } => (
+        OutboundMessage::Text { text, .. } => (
             "text",
             json!({ "preview_url": text.contains("https://"), "body": text }),
         ),
@@ -548,8 +639,21 @@ pub fn send_body(to: &str, message: &OutboundMessage) -> Value {
     };
     let mut body = json!({ "messaging_product": "whatsapp", "recipient_type": "individual",
         "to": to, "type": kind });
+    if let OutboundMessage::Text {
+        reply_to: Some(id), ..
+    } = message
+        && !id.trim().is_empty()
+    {
+        body["context"] = json!({ "message_id": id });
+    }
     body[kind] = payload;
     body
+}
+
+/// The read receipt with the typing indicator for an inbound message.
+pub fn mark_read_body(message_id: &str) -> Value {
+    json!({ "messaging_product": "whatsapp", "status": "read",
+        "message_id": message_id, "typing_indicator": { "type": "text" } })
 }
 
 #[derive(Debug, Deserialize)]
@@ -577,7 +681,155 @@ struct GraphError {
     message: Option<String>,
 }
 
-/// Sends through the Meta Cloud API (`POST /{version}/{phone_number_id}/messages`).
+/// `GET /{version}/{media-id}`: where the media can be downloaded for the next few minutes.
+#[derive(Debug, Default, Deserialize)]
+struct MediaInfo {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    mime_type: Option<String>,
+    #[serde(default)]
+    sha256: Option<String>,
+    /// A number, or a number in a string.
+    #[serde(default)]
+    file_size: Option<Value>,
+}
+
+/// The largest inbound media item we download (WhatsApp documents: 100 MB).
+pub const MAX_MEDIA_BYTES: u64 = 100 * 1024 * 1024;
+/// A read receipt is worth one quick try, never a delay to the reply.
+const MARK_READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// A media download may be large (documents up to 100 MB).
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// While the token is known to be expired, readiness re-checks it at most this often.
+const TOKEN_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+const TOKEN_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the Meta access token works, as far as the last Graph answers tell: 190 (from any
+/// Graph call, or in a webhook) marks it expired, logged once as an alert; any later successful
+/// Graph call marks it working again. Readiness reports it.
+#[derive(Debug, Default)]
+pub struct TokenHealth {
+    expired: Mutex<Option<TokenExpired>>,
+}
+
+#[derive(Debug, Clone)]
+struct TokenExpired {
+    since: DateTime<Utc>,
+    /// Which Graph call (or webhook part) reported it.
+    seen_in: &'static str,
+    last_probe: Option<tokio::time::Instant>,
+}
+
+impl TokenHealth {
+    /// A 190 was seen in `seen_in`. The first one after a working token is logged as an alert.
+    pub fn expired(&self, seen_in: &'static str) {
+        let mut state = self.expired.lock().unwrap_or_else(|p| p.into_inner());
+        if state.is_some() {
+            return;
+        }
+        *state = Some(TokenExpired {
+            since: Utc::now(),
+            seen_in,
+            last_probe: None,
+        });
+        metrics::counter!("handoff_meta_token_expired_total").increment(1);
+        tracing::error!(
+            alert = "meta_token_expired",
+            seen_in,
+            "Meta access token expired or revoked (Graph error 190): WhatsApp sends, media downloads and read receipts fail until META_ACCESS_TOKEN is replaced"
+        );
+    }
+
+    /// A Graph call succeeded with the token.
+    pub fn works(&self) {
+        let was = self
+            .expired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(was) = was {
+            tracing::info!(
+                alert = "meta_token_expired",
+                since = %was.since,
+                "Meta access token works again"
+            );
+        }
+    }
+
+    /// Why the token is not usable, when it is not.
+    pub fn problem(&self) -> Option<String> {
+        self.expired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|e| {
+                format!(
+                    "Meta access token expired or revoked (Graph error 190 in {} since {}); replace META_ACCESS_TOKEN",
+                    e.seen_in,
+                    e.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            })
+    }
+
+    /// Whether a probe of the token is due (the first at once, then every
+    /// [`TOKEN_PROBE_INTERVAL`]); marks it taken.
+    fn take_probe(&self) -> bool {
+        let mut state = self.expired.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(e) = state.as_mut() else {
+            return false;
+        };
+        let now = tokio::time::Instant::now();
+        if e.last_probe
+            .is_some_and(|at| now.duration_since(at) < TOKEN_PROBE_INTERVAL)
+        {
+            return false;
+        }
+        e.last_probe = Some(now);
+        true
+    }
+}
+
+/// Graph media ids are digits; anything that could change the request path is refused (the
+/// id comes from outside and the request carries our token).
+fn graph_media_id(id: &str) -> Option<&str> {
+    let id = id.trim();
+    (!id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    .then_some(id)
+}
+
+/// Compares Meta's `sha256` (hex or base64) with the bytes. `None` when the declared value is
+/// in neither form (nothing to check against).
+fn sha256_matches(declared: &str, bytes: &[u8]) -> Option<bool> {
+    use base64::Engine;
+    let actual = <Sha256 as sha2::Digest>::digest(bytes);
+    let declared = declared.trim();
+    let expected = if declared.len() == 64 {
+        decode_hex(declared)
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(declared)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(declared))
+            .ok()
+    }?;
+    (expected.len() == 32).then(|| expected.as_slice() == actual.as_slice())
+}
+
+/// How many times a Graph call is tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempts {
+    /// Transient answers (rate limits, 5xx, transport) are retried with backoff.
+    Retried,
+    /// One try: the caller would rather give up than wait.
+    Once,
+}
+
+/// Talks to the Meta Cloud API: sends (`POST /{version}/{phone_number_id}/messages`), inbound
+/// media (`GET /{version}/{media-id}`, then the short-lived `url`), read receipts.
 pub struct MetaSender {
     http: reqwest::Client,
     base_url: String,
@@ -585,6 +837,7 @@ pub struct MetaSender {
     phone_number_id: String,
     token: Secret<String>,
     retry: RetryPolicy,
+    health: Arc<TokenHealth>,
 }
 
 impl MetaSender {
@@ -606,7 +859,13 @@ impl MetaSender {
             phone_number_id: phone_number_id.to_owned(),
             token,
             retry: RetryPolicy::default(),
+            health: Arc::new(TokenHealth::default()),
         }
+    }
+
+    /// The token's state, shared with the webhook (190 in `statuses[].errors`) and readiness.
+    pub fn token_health(&self) -> Arc<TokenHealth> {
+        self.health.clone()
     }
 
     fn messages_url(&self) -> String {
@@ -616,32 +875,127 @@ impl MetaSender {
         )
     }
 
-    /// Marks an inbound message read (blue ticks) and shows the typing indicator.
+    /// Marks an inbound message read (blue ticks) and shows the typing indicator: one quick
+    /// try, since it must never hold up the reply.
     pub async fn mark_read(&self, message_id: &str) -> Result<(), SenderError> {
-        let body = json!({ "messaging_product": "whatsapp", "status": "read",
-            "message_id": message_id, "typing_indicator": { "type": "text" } });
-        self.post(&body).await.map(|_| ())
+        self.call(
+            "mark_read",
+            self.http
+                .post(self.messages_url())
+                .json(&mark_read_body(message_id))
+                .timeout(MARK_READ_TIMEOUT),
+            Attempts::Once,
+        )
+        .await
+        .map(|_| ())
     }
 
-    /// Posts `body`, retrying transient answers (rate limits, 5xx, transport) with bounded
-    /// backoff honouring `Retry-After`.
-    async fn post(&self, body: &Value) -> Result<bytes::Bytes, SenderError> {
+    /// Resolves a media id to its short-lived download URL.
+    async fn resolve_media(&self, media_id: &str) -> Result<MediaInfo, SenderError> {
+        let url = format!("{}/{}/{}", self.base_url, self.version, media_id);
+        let response = self
+            .call("media", self.http.get(url), Attempts::Retried)
+            .await?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| SenderError::Unavailable(format!("reading the media answer: {e}")))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| SenderError::Unavailable(format!("media answer: {e}")))
+    }
+
+    /// Downloads from a resolved media URL, with the bearer token, within [`MAX_MEDIA_BYTES`].
+    async fn fetch_media(&self, info: &MediaInfo) -> Result<bytes::Bytes, SenderError> {
+        let url = info
+            .url
+            .as_deref()
+            .and_then(|u| reqwest::Url::parse(u.trim()).ok())
+            .filter(|u| matches!(u.scheme(), "https" | "http"))
+            .ok_or_else(|| SenderError::Unavailable("media answer without a usable url".into()))?;
+        let declared = info.file_size.as_ref().and_then(|v| match v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        });
+        if declared.is_some_and(|n| n > MAX_MEDIA_BYTES) {
+            return Err(SenderError::Unavailable(format!(
+                "media is larger than {MAX_MEDIA_BYTES} bytes"
+            )));
+        }
+        let mut response = self
+            .call(
+                "media download",
+                self.http.get(url).timeout(DOWNLOAD_TIMEOUT),
+                Attempts::Retried,
+            )
+            .await?;
+        let too_large =
+            || SenderError::Unavailable(format!("media is larger than {MAX_MEDIA_BYTES} bytes"));
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_MEDIA_BYTES)
+        {
+            return Err(too_large());
+        }
+        let mut bytes = bytes::BytesMut::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| SenderError::Unavailable(format!("reading the media: {e}")))?
+        {
+            if (bytes.len() + chunk.len()) as u64 > MAX_MEDIA_BYTES {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let bytes = bytes.freeze();
+        if let Some(declared) = info.sha256.as_deref()
+            && sha256_matches(declared, &bytes) == Some(false)
+        {
+            return Err(SenderError::Unavailable(
+                "downloaded media does not match its sha256".into(),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Checks the token with a cheap Graph read (the phone number's id), once.
+    async fn probe_token(&self) {
+        let url = format!(
+            "{}/{}/{}?fields=id",
+            self.base_url, self.version, self.phone_number_id
+        );
+        let _ = self
+            .call(
+                "token probe",
+                self.http.get(url).timeout(TOKEN_PROBE_TIMEOUT),
+                Attempts::Once,
+            )
+            .await;
+    }
+
+    /// Sends one Graph request with the bearer token and returns the successful response.
+    /// Failures become typed errors (the Graph `error.code` classified); transient ones are
+    /// retried with bounded backoff honouring `Retry-After` when `attempts` allows. Every answer
+    /// updates the token's health: 190 marks it expired, success marks it working.
+    async fn call(
+        &self,
+        what: &'static str,
+        request: reqwest::RequestBuilder,
+        attempts: Attempts,
+    ) -> Result<reqwest::Response, SenderError> {
+        let request = request.bearer_auth(self.token.expose());
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let sent = self
-                .http
-                .post(self.messages_url())
-                .bearer_auth(self.token.expose())
-                .json(body)
-                .send()
-                .await;
+            let sent = match request.try_clone() {
+                Some(r) => r.send().await,
+                None => return Err(SenderError::Unavailable("request not repeatable".into())),
+            };
             let (failure, retry_after) = match sent {
                 Ok(response) if response.status().is_success() => {
-                    return response
-                        .bytes()
-                        .await
-                        .map_err(|e| SenderError::Unavailable(format!("reading the answer: {e}")));
+                    self.health.works();
+                    return Ok(response);
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -654,7 +1008,7 @@ impl MetaSender {
                     let code = error.code.map(|c| c.to_string()).unwrap_or_default();
                     let message = error.message.unwrap_or_default();
                     if class == GraphErrorClass::TokenExpired {
-                        tracing::error!(code = %code, "Meta access token expired or revoked (190): WhatsApp sends fail until it is replaced");
+                        self.health.expired(what);
                     }
                     let transient = class == GraphErrorClass::Transient
                         || (status >= 500 && class == GraphErrorClass::Other)
@@ -677,12 +1031,24 @@ impl MetaSender {
                     None,
                 ),
             };
-            if attempt >= self.retry.max_attempts {
+            if attempts == Attempts::Once || attempt >= self.retry.max_attempts {
                 return Err(SenderError::Unavailable(failure));
             }
             tokio::time::sleep(self.retry.delay(attempt, retry_after)).await;
         }
     }
+}
+
+/// Whether a failed media download is worth a fresh URL: Meta's URLs expire in about five
+/// minutes, which shows as 401 or 404.
+fn url_expired(err: &SenderError) -> bool {
+    matches!(
+        err,
+        SenderError::Rejected {
+            status: 401 | 404,
+            ..
+        }
+    )
 }
 
 #[async_trait]
@@ -693,7 +1059,17 @@ impl WhatsAppSender for MetaSender {
 
     async fn send(&self, to: &Recipient, message: &OutboundMessage) -> Result<String, SenderError> {
         let body = send_body(to.address.trim_start_matches('+'), message);
-        let answer = self.post(&body).await?;
+        let response = self
+            .call(
+                "send",
+                self.http.post(self.messages_url()).json(&body),
+                Attempts::Retried,
+            )
+            .await?;
+        let answer = response
+            .bytes()
+            .await
+            .map_err(|e| SenderError::Unavailable(format!("reading the answer: {e}")))?;
         let answer: SendAnswer = serde_json::from_slice(&answer)
             .map_err(|e| SenderError::Unavailable(format!("send answer: {e}")))?;
         answer
@@ -702,6 +1078,40 @@ impl WhatsAppSender for MetaSender {
             .next()
             .map(|m| m.id)
             .ok_or_else(|| SenderError::Unavailable("send answer without a message id".into()))
+    }
+
+    /// Resolves the media id, downloads the URL at once; on 401/404 (the URL expired or is
+    /// not ready) resolves once more and downloads once more.
+    async fn download_media(&self, media: &InboundMedia) -> Result<FetchedMedia, SenderError> {
+        let id = graph_media_id(&media.media_id)
+            .ok_or_else(|| SenderError::Unavailable("media id is not a Graph id".into()))?;
+        let mut info = self.resolve_media(id).await?;
+        let bytes = match self.fetch_media(&info).await {
+            Err(err) if url_expired(&err) => {
+                tracing::info!(media_id = %id, error = %err, "media URL expired; resolving it again");
+                info = self.resolve_media(id).await?;
+                self.fetch_media(&info).await?
+            }
+            other => other?,
+        };
+        Ok(FetchedMedia {
+            bytes,
+            mime_type: non_empty(info.mime_type.as_deref()).or_else(|| media.mime_type.clone()),
+        })
+    }
+
+    async fn mark_read(&self, message_id: &str) -> Result<(), SenderError> {
+        MetaSender::mark_read(self, message_id).await
+    }
+
+    /// Not ready while the token is known to be expired; re-checked with a cheap Graph read
+    /// (at once, then at most every 30 s) so a replaced or restored token is noticed even when
+    /// no traffic reaches this replica.
+    async fn readiness(&self) -> Option<Result<(), String>> {
+        if self.health.take_probe() {
+            self.probe_token().await;
+        }
+        Some(self.health.problem().map_or(Ok(()), Err))
     }
 }
 
@@ -788,5 +1198,164 @@ mod tests {
             panic!()
         };
         assert_eq!(played.status, DeliveryStatus::Read);
+    }
+
+    fn statuses(statuses: Value) -> Vec<MetaEvent> {
+        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "waba", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp", "statuses": statuses }}]}]});
+        parse_notification(body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn whatsapp_meta_status_pricing_and_conversation_are_read_leniently() {
+        let events = statuses(json!([
+            {"id": "wamid.a", "status": "sent", "timestamp": "1750857384", "recipient_id": "16505551234",
+             "conversation": {"id": "conv-9", "expiration_timestamp": "1750943820", "origin": {"type": "utility"}},
+             "pricing": {"billable": true, "pricing_model": "PMP", "type": "regular", "category": "utility"}},
+            // Odd shapes: billable as a string, category a number, origin without type.
+            {"id": "wamid.b", "status": "delivered", "timestamp": 1750857385,
+             "conversation": {"origin": {}}, "pricing": {"billable": "false", "category": 7}},
+            // Pricing of the wrong type, conversation null: the status still counts.
+            {"id": "wamid.c", "status": "read", "pricing": "free", "conversation": null},
+            {"id": "wamid.d", "status": "read", "pricing": {}}
+        ]));
+        let updates: Vec<&StatusUpdate> = events
+            .iter()
+            .map(|e| match e {
+                MetaEvent::Status(s) => s,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            updates[0].pricing,
+            Some(Pricing {
+                category: Some("utility".into()),
+                billable: Some(true),
+                pricing_model: Some("PMP".into()),
+                kind: Some("regular".into()),
+            })
+        );
+        let conversation = updates[0].conversation.as_ref().unwrap();
+        assert_eq!(conversation.id.as_deref(), Some("conv-9"));
+        assert_eq!(conversation.origin.as_deref(), Some("utility"));
+        assert_eq!(conversation.expires_at.unwrap().timestamp(), 1_750_943_820);
+        assert_eq!(
+            updates[1].pricing,
+            Some(Pricing {
+                category: Some("7".into()),
+                billable: Some(false),
+                pricing_model: None,
+                kind: None,
+            })
+        );
+        assert_eq!(updates[1].conversation, None, "nothing usable in it");
+        assert_eq!(updates[1].at.timestamp(), 1_750_857_385);
+        assert_eq!(updates[2].status, DeliveryStatus::Read);
+        assert_eq!(updates[2].pricing, None);
+        assert_eq!(updates[2].conversation, None);
+        assert_eq!(updates[3].pricing, None);
+    }
+
+    #[test]
+    fn whatsapp_meta_value_with_only_errors_is_reported_not_dropped() {
+        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "waba", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+        "errors": [
+            {"code": 190, "title": "Access token has expired", "message": "…", "error_data": {"details": "…"}},
+            {"code": "131000", "title": 5},
+            "not an object"
+        ]}}]}]});
+        let events = parse_notification(body.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            events,
+            [
+                MetaEvent::ProviderError {
+                    code: Some("190".into()),
+                    title: Some("Access token has expired".into())
+                },
+                MetaEvent::ProviderError {
+                    code: Some("131000".into()),
+                    title: None
+                },
+                MetaEvent::ProviderError {
+                    code: None,
+                    title: None
+                },
+            ]
+        );
+        let failed =
+            statuses(json!([{"id": "wamid.x", "status": "failed", "errors": [{"code": 190}]}]));
+        let [MetaEvent::Status(failed)] = failed.as_slice() else {
+            panic!("{failed:?}")
+        };
+        assert_eq!(failed.status, DeliveryStatus::Failed);
+        assert_eq!(failed.error_code.as_deref(), Some(TOKEN_EXPIRED_CODE));
+    }
+
+    #[test]
+    fn whatsapp_meta_text_reply_carries_the_context_and_mark_read_the_typing_indicator() {
+        let reply = OutboundMessage::Text {
+            text: "Yes".into(),
+            reply_to: Some("wamid.in".into()),
+        };
+        assert_eq!(
+            send_body("16505551234", &reply),
+            json!({"messaging_product": "whatsapp", "recipient_type": "individual",
+                "to": "16505551234", "type": "text", "context": {"message_id": "wamid.in"},
+                "text": {"preview_url": false, "body": "Yes"}})
+        );
+        let plain = send_body("16505551234", &OutboundMessage::text("Yes"));
+        assert!(plain.get("context").is_none(), "{plain}");
+        assert_eq!(
+            mark_read_body("wamid.in"),
+            json!({"messaging_product": "whatsapp", "status": "read",
+                "message_id": "wamid.in", "typing_indicator": {"type": "text"}})
+        );
+    }
+
+    #[test]
+    fn whatsapp_meta_media_ids_that_could_change_the_path_are_refused() {
+        assert_eq!(graph_media_id(" 1234567890 "), Some("1234567890"));
+        for bad in ["", "..", "12/messages", "1?fields=x", "a#b", "1%2F2"] {
+            assert_eq!(graph_media_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn whatsapp_meta_media_sha256_is_checked_in_hex_or_base64() {
+        use base64::Engine;
+        let bytes = b"voice note";
+        let digest = <Sha256 as sha2::Digest>::digest(bytes);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+        assert_eq!(sha256_matches(&hex, bytes), Some(true));
+        assert_eq!(sha256_matches(&hex.to_uppercase(), bytes), Some(true));
+        assert_eq!(sha256_matches(&b64, bytes), Some(true));
+        assert_eq!(sha256_matches(&b64, b"other"), Some(false));
+        assert_eq!(sha256_matches(&hex, b"other"), Some(false));
+        assert_eq!(
+            sha256_matches("x", bytes),
+            None,
+            "not a digest: nothing to check"
+        );
+    }
+
+    #[test]
+    fn whatsapp_meta_token_health_logs_once_and_recovers_on_success() {
+        let health = TokenHealth::default();
+        assert!(health.problem().is_none());
+        assert!(!health.take_probe(), "nothing to probe while it works");
+        health.expired("send");
+        health.expired("media");
+        let problem = health.problem().unwrap();
+        assert!(
+            problem.contains("190") && problem.contains("in send"),
+            "{problem}"
+        );
+        assert!(health.take_probe(), "the first probe is due at once");
+        assert!(!health.take_probe(), "then not again right away");
+        health.works();
+        assert!(health.problem().is_none());
     }
 }

@@ -1,8 +1,9 @@
 //! WhatsApp: inbound events become durable inbox entries before they are acknowledged; a
 //! worker drains the inbox (one customer at a time, in order, many customers in parallel),
 //! updates the shared context and answers through the agent; every send goes through the
-//! planner. Providers sit behind [`WhatsAppSender`]: ACS Advanced Messaging ([`acs`]) or the
-//! offline [`sandbox`].
+//! planner. Providers sit behind [`WhatsAppSender`] (send, inbound media download, read
+//! receipts, readiness): ACS Advanced Messaging ([`acs`]), the Meta Cloud API ([`meta`]) or the
+//! offline [`sandbox`]. Nothing after the webhook knows which provider it is.
 //!
 //! The plain async API the rest of the service calls: [`WhatsApp::ingest`] (webhook),
 //! [`WhatsApp::send`], [`WhatsApp::send_template`] (the handoff saga), [`WhatsApp::messages`].
@@ -17,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::agent::Agent;
@@ -25,7 +27,8 @@ use crate::domain::template::{
     CONVERSATION_CONTINUATION, TemplateRegistry, TemplateSpec, TemplateStatus,
 };
 use crate::domain::{
-    CustomerId, InboundContent, MessageRecord, OutboundMessage, StatusUpdate, WhatsAppProvider,
+    CustomerId, InboundContent, InboundMedia, MessageRecord, OutboundMessage, StatusUpdate,
+    WhatsAppProvider,
 };
 use crate::eventgrid::{self, Delivery, EnvelopeError};
 use crate::store::inbox::{Appended, DEDUPE_TTL, Inbox, InboxEvent, NewEntry};
@@ -60,12 +63,35 @@ pub enum SenderError {
     NotConfigured(&'static str),
 }
 
-/// A WhatsApp provider's send operation.
+/// An inbound media item, fetched from the provider.
+#[derive(Debug, Clone)]
+pub struct FetchedMedia {
+    pub bytes: Bytes,
+    /// What the provider says it is; else what the message said.
+    pub mime_type: Option<String>,
+}
+
+/// A WhatsApp provider: what the service asks of it, whichever it is.
 #[async_trait]
 pub trait WhatsAppSender: Send + Sync + 'static {
     fn provider(&self) -> WhatsAppProvider;
     /// Sends one message; returns the provider's message id.
     async fn send(&self, to: &Recipient, message: &OutboundMessage) -> Result<String, SenderError>;
+    /// Fetches an inbound media item now: provider links expire within minutes. A provider that
+    /// cannot fetch media (the sandbox) answers `NotConfigured`.
+    async fn download_media(&self, _media: &InboundMedia) -> Result<FetchedMedia, SenderError> {
+        Err(SenderError::NotConfigured("inbound media download"))
+    }
+    /// Shows the customer that their message was read and an answer is being typed, where the
+    /// provider can (Meta). Best effort: callers log a failure and carry on. Default: nothing.
+    async fn mark_read(&self, _message_id: &str) -> Result<(), SenderError> {
+        Ok(())
+    }
+    /// The provider's own part of readiness (Meta: the access token works); `None` when it
+    /// has nothing to report.
+    async fn readiness(&self) -> Option<Result<(), String>> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +140,10 @@ pub struct WhatsApp {
     agent: Arc<dyn Agent>,
     planner: SendPlanner,
     provider: WhatsAppProvider,
+    /// The provider in use (the planner sends through it too): media, read receipts, readiness.
+    sender: Arc<dyn WhatsAppSender>,
+    /// The Meta access token's health; 190 in a webhook marks it expired as well.
+    meta_token: Arc<meta::TokenHealth>,
     acs: Option<Arc<acs::AcsSender>>,
     sandbox: Option<Arc<sandbox::SandboxSender>>,
     templates: RwLock<TemplateRegistry>,
@@ -130,6 +160,7 @@ impl WhatsApp {
         let wa = &settings.whatsapp;
         let (status_tx, status_rx) = mpsc::unbounded_channel();
         let choice = choose_provider(&settings, ports.acs.is_some());
+        let mut meta_token = Arc::new(meta::TokenHealth::default());
         let (sender, acs, sandbox): (Arc<dyn WhatsAppSender>, _, _) = match (choice, ports.acs) {
             (WhatsAppProvider::Acs, Some(client)) => {
                 let s = Arc::new(acs::AcsSender::new(
@@ -149,6 +180,7 @@ impl WhatsApp {
                     number,
                     token.clone(),
                 ));
+                meta_token = s.token_health();
                 (s, None, None)
             }
             _ => {
@@ -158,7 +190,7 @@ impl WhatsApp {
         };
         let provider = sender.provider();
         let planner = SendPlanner::new(
-            sender,
+            sender.clone(),
             ports.contexts.clone(),
             ports.log.clone(),
             planner::PlannerSettings {
@@ -181,6 +213,8 @@ impl WhatsApp {
             agent: ports.agent,
             planner,
             provider,
+            sender,
+            meta_token,
             acs,
             sandbox,
             templates,
@@ -251,15 +285,31 @@ impl WhatsApp {
                         event: InboxEvent::Message(m),
                     });
                 }
-                meta::MetaEvent::Status(s) => entries.push(NewEntry {
-                    dedupe_keys: vec![format!(
-                        "meta-status:{}:{}",
-                        s.message_id,
-                        s.status.as_str()
-                    )],
-                    partition: status_partition(&s),
-                    event: InboxEvent::Status(s),
-                }),
+                meta::MetaEvent::Status(s) => {
+                    if s.error_code.as_deref() == Some(meta::TOKEN_EXPIRED_CODE) {
+                        self.meta_token.expired("a delivery status");
+                    }
+                    entries.push(NewEntry {
+                        dedupe_keys: vec![format!(
+                            "meta-status:{}:{}",
+                            s.message_id,
+                            s.status.as_str()
+                        )],
+                        partition: status_partition(&s),
+                        event: InboxEvent::Status(s),
+                    });
+                }
+                meta::MetaEvent::ProviderError { code, title } => {
+                    // Nothing to record per message, but never silent: counted and logged.
+                    ignored += 1;
+                    let code = code.unwrap_or_else(|| "none".into());
+                    metrics::counter!("handoff_whatsapp_meta_webhook_errors_total", "code" => code.clone())
+                        .increment(1);
+                    tracing::warn!(code = %code, title = title.as_deref().unwrap_or(""), "Meta webhook reports an error");
+                    if code == meta::TOKEN_EXPIRED_CODE {
+                        self.meta_token.expired("a webhook error");
+                    }
+                }
                 meta::MetaEvent::Ignored(why) => {
                     // It can never succeed: acknowledge (Meta would retry it for days).
                     ignored += 1;
@@ -446,6 +496,17 @@ impl WhatsApp {
 
     pub async fn messages(&self, customer: &CustomerId) -> Result<Vec<MessageRecord>, StoreError> {
         self.log.list(customer).await
+    }
+
+    /// The bytes of an inbound media item that was downloaded and stored.
+    pub async fn stored_media(&self, media_id: &str) -> Result<Option<Bytes>, StoreError> {
+        self.media.get(media_id).await
+    }
+
+    /// The provider's part of readiness (Meta: the access token works); `None` when the provider
+    /// has nothing to report.
+    pub async fn provider_readiness(&self) -> Option<Result<(), String>> {
+        self.sender.readiness().await
     }
 
     /// How many inbox entries are recorded and not yet handled, counting up to `limit`.

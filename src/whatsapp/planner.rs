@@ -147,9 +147,14 @@ impl SendPlanner {
             i.validate()?;
         }
         let parts = match message {
-            OutboundMessage::Text { text } => split_text(&text, MAX_TEXT_CHARS)
+            // Only the first part quotes the message it answers; the rest follow it.
+            OutboundMessage::Text { text, reply_to } => split_text(&text, MAX_TEXT_CHARS)
                 .into_iter()
-                .map(|text| OutboundMessage::Text { text })
+                .enumerate()
+                .map(|(i, text)| OutboundMessage::Text {
+                    text,
+                    reply_to: if i == 0 { reply_to.clone() } else { None },
+                })
                 .collect(),
             other => vec![other],
         };
@@ -196,21 +201,19 @@ impl SendPlanner {
         }
         let message_id = self.sender.send(&recipient, &message).await?;
         let now = Utc::now();
-        self.log
-            .record(MessageRecord {
-                message_id: message_id.clone(),
-                customer: Some(customer.clone()),
-                direction: Direction::Outbound,
-                kind: message.kind().into(),
-                at: now,
-                status: Some(DeliveryStatus::Accepted),
-                history: vec![crate::domain::message::StatusChange {
-                    status: DeliveryStatus::Accepted,
-                    at: now,
-                }],
-                error_code: None,
-            })
-            .await?;
+        let mut record = MessageRecord::new(
+            message_id.clone(),
+            Some(customer.clone()),
+            Direction::Outbound,
+            message.kind(),
+            now,
+        );
+        record.status = Some(DeliveryStatus::Accepted);
+        record.history = vec![crate::domain::message::StatusChange {
+            status: DeliveryStatus::Accepted,
+            at: now,
+        }];
+        self.log.record(record).await?;
         tracing::info!(
             customer = %customer,
             message_id = %message_id,

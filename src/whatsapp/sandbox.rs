@@ -77,6 +77,8 @@ impl WhatsAppSender for SandboxSender {
                 customer: None,
                 at: Utc::now(),
                 error_code: None,
+                pricing: None,
+                conversation: None,
             });
         }
         Ok(message_id)

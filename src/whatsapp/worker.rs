@@ -12,13 +12,13 @@ use chrono::Utc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Initiation, WhatsApp};
+use super::{Initiation, SenderError, WhatsApp};
 use crate::agent::engine::{ToolHost, ToolOutcome, run_turn};
 use crate::agent::tools::ToolRequest;
 use crate::agent::{AgentInput, AgentRequest, ToolCall};
 use crate::domain::{
-    Channel, Direction, InboundContent, InboundMessage, MessageRecord, OutboundMessage, Role,
-    StatusUpdate, Turn, WhatsAppSession,
+    Channel, Direction, InboundContent, InboundMedia, InboundMessage, MediaRecord, MessageRecord,
+    OutboundMessage, Role, StatusUpdate, Turn, WhatsAppSession,
 };
 use crate::domain::{CustomerId, DeliveryStatus};
 use crate::handoff::tools::ConversationTools;
@@ -266,7 +266,7 @@ impl WhatsApp {
     /// after the customer's burst has ended (or the cap is reached).
     async fn handle_batch(&self, partition: &str, batch: Vec<InboxEntry>) {
         let mut handled = Vec::new();
-        let mut new_messages = Vec::new();
+        let mut new_messages: Vec<Received> = Vec::new();
         let mut pending: VecDeque<InboxEntry> = batch.into();
         let mut rounds = 0;
         loop {
@@ -326,12 +326,13 @@ impl WhatsApp {
     async fn handle_entry(
         &self,
         entry: InboxEntry,
-        new_messages: &mut Vec<InboundMessage>,
+        new_messages: &mut Vec<Received>,
     ) -> Result<(), StoreError> {
         match entry.event {
             InboxEvent::Message(m) => {
-                if self.apply_inbound(&m).await? {
-                    new_messages.push(m);
+                let (fresh, media) = self.apply_inbound(&m).await?;
+                if fresh {
+                    new_messages.push(Received { message: m, media });
                 }
                 Ok(())
             }
@@ -339,12 +340,18 @@ impl WhatsApp {
         }
     }
 
-    /// Records an inbound message on the context and the message log. Returns whether it was
-    /// new (a redelivery after a crash is not answered twice).
-    async fn apply_inbound(&self, m: &InboundMessage) -> Result<bool, StoreError> {
-        if let InboundContent::Media(media) = &m.content {
-            self.download_media(media).await;
-        }
+    /// Records an inbound message on the context and the message log, with its media fetched
+    /// and stored first (or marked unavailable). Returns whether it was new (a redelivery after
+    /// a crash is not answered twice) and what became of its media.
+    async fn apply_inbound(
+        &self,
+        m: &InboundMessage,
+    ) -> Result<(bool, Option<MediaRecord>), StoreError> {
+        let media = match &m.content {
+            InboundContent::Media(media) => Some(self.media_of(m, media).await?),
+            _ => None,
+        };
+        let transcript_text = m.content.transcript_text_for(media.as_ref());
         let max_turns = self.settings.transcript_max_turns;
         let provider = self.provider;
         let (_, fresh) = self
@@ -384,7 +391,7 @@ impl WhatsApp {
                     Turn::new(
                         Channel::Whatsapp,
                         Role::Customer,
-                        m.content.transcript_text(),
+                        transcript_text.clone(),
                         m.received_at,
                     )
                     .with_source_id(m.message_id.clone()),
@@ -392,18 +399,15 @@ impl WhatsApp {
                 )
             })
             .await?;
-        self.log
-            .record(MessageRecord {
-                message_id: m.message_id.clone(),
-                customer: Some(m.customer.clone()),
-                direction: Direction::Inbound,
-                kind: m.content.kind().into(),
-                at: m.received_at,
-                status: None,
-                history: Vec::new(),
-                error_code: None,
-            })
-            .await?;
+        let mut record = MessageRecord::new(
+            m.message_id.clone(),
+            Some(m.customer.clone()),
+            Direction::Inbound,
+            m.content.kind(),
+            m.received_at,
+        );
+        record.media.clone_from(&media);
+        self.log.record(record).await?;
         tracing::info!(customer = %m.customer, message_id = %m.message_id, kind = m.content.kind(), new = fresh, "whatsapp message received");
         if fresh && let Some(tools) = self.tools() {
             // The first message after a handoff resumes it: by the quick-reply payload (the
@@ -416,32 +420,59 @@ impl WhatsApp {
                 tracing::warn!(customer = %m.customer, error = %err, "cannot record the handoff as resumed");
             }
         }
-        Ok(fresh)
+        Ok((fresh, media))
     }
 
-    async fn download_media(&self, media: &crate::domain::InboundMedia) {
-        let Some(acs) = &self.acs else {
-            return;
-        };
-        // Links expire quickly: fetch now; one more try covers a link not yet ready (401/404).
-        let mut result = acs.download_media(&media.media_id).await;
-        if result.is_err() {
-            result = acs.download_media(&media.media_id).await;
+    /// The media of a message: what an earlier attempt recorded (a redelivery does not fetch
+    /// again), else fetched from the provider now (links expire within minutes) and stored.
+    /// A failure never costs the message: the media is recorded as unavailable.
+    async fn media_of(
+        &self,
+        m: &InboundMessage,
+        media: &InboundMedia,
+    ) -> Result<MediaRecord, StoreError> {
+        if let Some(done) = self.log.get(&m.message_id).await?.and_then(|r| r.media) {
+            return Ok(done);
         }
-        match result {
-            Ok(bytes) => {
-                if let Err(err) = self
-                    .media
-                    .put(&media.media_id, media.mime_type.as_deref(), bytes)
-                    .await
-                {
-                    tracing::warn!(media_id = %media.media_id, error = %err, "cannot store inbound media");
+        let mut record = MediaRecord {
+            media_id: media.media_id.clone(),
+            available: false,
+            mime_type: media.mime_type.clone(),
+            size_bytes: None,
+            sha256: None,
+        };
+        let fetched = match self.sender.download_media(media).await {
+            Ok(fetched) => fetched,
+            Err(SenderError::NotConfigured(what)) => {
+                tracing::info!(customer = %m.customer, message_id = %m.message_id, media_id = %media.media_id, "inbound media not downloaded: {what} is not available with this provider");
+                return Ok(record);
+            }
+            Err(err) => {
+                tracing::warn!(customer = %m.customer, message_id = %m.message_id, media_id = %media.media_id, error = %err, "inbound media could not be downloaded; the message is kept, its media marked unavailable");
+                return Ok(record);
+            }
+        };
+        let size = fetched.bytes.len() as u64;
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&fetched.bytes);
+        let sha256: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        match self
+            .media
+            .put(&media.media_id, fetched.mime_type.as_deref(), fetched.bytes)
+            .await
+        {
+            Ok(_) => {
+                record.available = true;
+                record.size_bytes = Some(size);
+                record.sha256 = Some(sha256);
+                if fetched.mime_type.is_some() {
+                    record.mime_type = fetched.mime_type;
                 }
             }
             Err(err) => {
-                tracing::warn!(media_id = %media.media_id, error = %err, "cannot download inbound media")
+                tracing::warn!(customer = %m.customer, message_id = %m.message_id, media_id = %media.media_id, error = %err, "inbound media could not be stored; the message is kept, its media marked unavailable");
             }
         }
+        Ok(record)
     }
 
     async fn apply_status(&self, update: StatusUpdate) -> Result<(), StoreError> {
@@ -517,21 +548,26 @@ impl WhatsApp {
         }
     }
 
-    /// One agent answer to a burst of messages, sent through the planner.
-    async fn answer(&self, messages: Vec<InboundMessage>) {
-        let Some(last) = messages.last() else {
+    /// One agent answer to a burst of messages, sent through the planner. The customer sees
+    /// their messages read and the answer being typed first, where the provider can show it.
+    async fn answer(&self, received: Vec<Received>) {
+        let Some(last) = received.last() else {
             return;
         };
-        let customer = last.customer.clone();
-        let texts: Vec<&str> = messages
+        let customer = last.message.customer.clone();
+        // Marking the latest message read marks the burst read. Best effort: one quick try.
+        if let Err(err) = self.sender.mark_read(&last.message.message_id).await {
+            tracing::warn!(customer = %customer, message_id = %last.message.message_id, error = %err, "cannot mark the message read; answering anyway");
+        }
+        let texts: Vec<&str> = received
             .iter()
-            .filter_map(|m| m.content.agent_text())
+            .filter_map(|r| r.message.content.agent_text())
             .collect();
         let input = if texts.is_empty() {
             AgentInput::Other {
-                description: messages
+                description: received
                     .iter()
-                    .map(|m| m.content.describe())
+                    .map(|r| r.message.content.describe_for(r.media.as_ref()))
                     .collect::<Vec<_>>()
                     .join(", "),
             }
@@ -548,7 +584,7 @@ impl WhatsApp {
                 return;
             }
         };
-        let reply = match messages.last().and_then(|m| opt_keyword(&m.content)) {
+        let reply = match opt_keyword(&last.message.content) {
             Some(OptKeyword::Stop) => OPTED_OUT_REPLY.to_owned(),
             Some(OptKeyword::Start) => OPTED_IN_REPLY.to_owned(),
             None => {
@@ -580,9 +616,7 @@ impl WhatsApp {
         match self
             .send(
                 &customer,
-                OutboundMessage::Text {
-                    text: reply.clone(),
-                },
+                OutboundMessage::text(reply.clone()),
                 Initiation::Reply,
             )
             .await
@@ -621,6 +655,13 @@ impl Dispatcher {
             .map(|q| q.drain(..).collect())
             .unwrap_or_default()
     }
+}
+
+/// A customer's message that is new, waiting for the burst's answer, with what became of its
+/// media.
+struct Received {
+    message: InboundMessage,
+    media: Option<MediaRecord>,
 }
 
 /// What a customer says to stop (or restart) business messages on WhatsApp.

@@ -324,7 +324,7 @@ async fn the_whole_story_from_yes_on_the_phone_to_the_answer_on_whatsapp() {
         .unwrap()
         .into_iter()
         .find_map(|r| match r.message {
-            OutboundMessage::Text { text } => Some(text),
+            OutboundMessage::Text { text, .. } => Some(text),
             _ => None,
         })
         .unwrap();

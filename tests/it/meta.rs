@@ -58,10 +58,17 @@ fn msg(id: &str, kind: &str, body: Value) -> Value {
     m
 }
 
+/// Like Meta: billing details ride on `sent` (and on one of delivered/read, left out here so
+/// that the test shows a late `sent` still brings them).
 fn status(id: &str, status: &str, error: Option<u32>) -> Value {
     let mut s = json!({ "id": id, "status": status, "recipient_id": WA_ID,
-        "timestamp": chrono::Utc::now().timestamp().to_string(),
-        "pricing": { "billable": true, "pricing_model": "PMP", "category": "service" } });
+        "timestamp": chrono::Utc::now().timestamp().to_string() });
+    if status == "sent" {
+        s["pricing"] = json!({ "billable": false, "pricing_model": "PMP",
+            "type": "free_customer_service", "category": "service" });
+        s["conversation"] = json!({ "id": "conv-1", "expiration_timestamp": "1750943820",
+            "origin": { "type": "service" } });
+    }
     if let Some(code) = error {
         s["errors"] = json!([{ "code": code, "title": "Re-engagement message" }]);
     }
@@ -328,6 +335,17 @@ async fn meta_statuses_out_of_order_and_duplicated_end_as_read_and_131047_closes
     .await;
     let first = m.iter().find(|r| r["message_id"] == id.as_str()).unwrap();
     assert_eq!(first["status"], "read", "{first:#?}");
+    // `sent` came after `read`: the status stayed, its billing details were kept.
+    assert_eq!(
+        first["pricing"],
+        json!({"category": "service", "billable": false, "pricing_model": "PMP",
+            "type": "free_customer_service"}),
+        "{first:#?}"
+    );
+    assert_eq!(
+        first["conversation"],
+        json!({"id": "conv-1", "origin": "service", "expires_at": "2025-06-26T13:17:00Z"})
+    );
 
     let customer = CustomerId::parse(CUSTOMER).unwrap();
     let ctx = app
@@ -376,32 +394,69 @@ async fn meta_statuses_out_of_order_and_duplicated_end_as_read_and_131047_closes
     assert!(closed, "131047 never marked the window closed");
 }
 
-/// A fake Graph API at the wire: records every request and answers from a script; unscripted
-/// sends get a 200 with a fresh wamid.
+/// A fake Graph API at the wire. It checks what the real one would refuse (method, path,
+/// Graph version, bearer token, body shape) and answers like Graph: sends and read receipts on
+/// `POST /{version}/{phone_number_id}/messages`, media resolves on `GET /{version}/{media-id}`
+/// (a fresh short-lived URL each time), downloads on that URL (bearer token required), token
+/// probes on `GET /{version}/{phone_number_id}`. Answers can be scripted per route; everything
+/// is recorded.
 mod fake_graph {
-    use std::collections::VecDeque;
+    use std::collections::{HashMap, VecDeque};
     use std::sync::{Arc, Mutex};
 
     use axum::Router;
     use axum::body::Bytes;
     use axum::extract::State;
-    use axum::http::{HeaderMap, StatusCode, Uri};
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
     use axum::response::{IntoResponse, Response};
+    use serde_json::{Value, json};
+
+    pub const VERSION: &str = "v23.0";
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Route {
+        /// `POST /{version}/{phone_number_id}/messages` with a message.
+        Send,
+        /// The same path with a read receipt.
+        MarkRead,
+        /// `GET /{version}/{media-id}`.
+        Resolve,
+        /// `GET` on a resolved media URL.
+        Download,
+        /// `GET /{version}/{phone_number_id}`.
+        Probe,
+        /// Anything else (answered 404, and a test should find none).
+        Unexpected,
+    }
 
     #[derive(Debug, Clone)]
     pub struct Recorded {
+        pub route: Route,
+        pub method: String,
         pub path: String,
+        pub query: String,
         pub authorization: Option<String>,
-        pub body: serde_json::Value,
+        pub body: Value,
     }
 
     /// Status, extra headers, body.
     type Answer = (u16, Vec<(&'static str, String)>, String);
 
+    struct Media {
+        bytes: Vec<u8>,
+        mime_type: String,
+        /// How many times the media was resolved: each resolve hands out a new URL.
+        resolved: u32,
+    }
+
     #[derive(Default)]
     struct Inner {
+        base_url: String,
+        phone_number_id: String,
+        token: String,
         requests: Mutex<Vec<Recorded>>,
-        script: Mutex<VecDeque<Answer>>,
+        script: Mutex<HashMap<Route, VecDeque<Answer>>>,
+        media: Mutex<HashMap<String, Media>>,
     }
 
     #[derive(Clone)]
@@ -410,77 +465,212 @@ mod fake_graph {
         inner: Arc<Inner>,
     }
 
+    pub fn graph_error(code: u32) -> String {
+        json!({"error": {"message": format!("(#{code}) error"), "type": "OAuthException",
+            "code": code, "fbtrace_id": "x"}})
+        .to_string()
+    }
+
     impl FakeGraph {
-        pub async fn start() -> Self {
-            let inner = Arc::new(Inner::default());
-            let app = Router::new().fallback(handle).with_state(inner.clone());
+        pub async fn start(phone_number_id: &str, token: &str) -> Self {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
+            let base_url = format!("http://{addr}");
+            let inner = Arc::new(Inner {
+                base_url: base_url.clone(),
+                phone_number_id: phone_number_id.to_owned(),
+                token: token.to_owned(),
+                ..Inner::default()
+            });
+            let app = Router::new().fallback(handle).with_state(inner.clone());
             tokio::spawn(async move {
                 axum::serve(listener, app).await.unwrap();
             });
-            Self {
-                base_url: format!("http://{addr}"),
-                inner,
-            }
+            Self { base_url, inner }
         }
 
-        /// Answers the next request with a Graph error `code`.
-        pub fn fail_with(&self, status: u16, code: u32, retry_after: Option<&str>) {
-            let headers = retry_after
-                .map(|s| vec![("retry-after", s.to_owned())])
-                .unwrap_or_default();
-            let body = serde_json::json!({"error": {"message": format!("(#{code}) error"),
-                "type": "OAuthException", "code": code, "fbtrace_id": "x"}})
-            .to_string();
+        /// Answers the next request on `route` with `status` and `body`.
+        pub fn script(&self, route: Route, status: u16, body: String) {
             self.inner
                 .script
                 .lock()
                 .unwrap()
-                .push_back((status, headers, body));
+                .entry(route)
+                .or_default()
+                .push_back((status, Vec::new(), body));
+        }
+
+        /// Answers the next send with a Graph error `code`.
+        pub fn fail_with(&self, status: u16, code: u32, retry_after: Option<&str>) {
+            let headers = retry_after
+                .map(|s| vec![("retry-after", s.to_owned())])
+                .unwrap_or_default();
+            self.inner
+                .script
+                .lock()
+                .unwrap()
+                .entry(Route::Send)
+                .or_default()
+                .push_back((status, headers, graph_error(code)));
+        }
+
+        /// Makes `id` resolvable and downloadable.
+        pub fn serve_media(&self, id: &str, bytes: &[u8], mime_type: &str) {
+            self.inner.media.lock().unwrap().insert(
+                id.to_owned(),
+                Media {
+                    bytes: bytes.to_vec(),
+                    mime_type: mime_type.to_owned(),
+                    resolved: 0,
+                },
+            );
         }
 
         pub fn requests(&self) -> Vec<Recorded> {
             self.inner.requests.lock().unwrap().clone()
         }
+
+        pub fn on(&self, route: Route) -> Vec<Recorded> {
+            self.requests()
+                .into_iter()
+                .filter(|r| r.route == route)
+                .collect()
+        }
+    }
+
+    fn refuse(status: StatusCode, code: u32, why: &str) -> Response {
+        (
+            status,
+            json!({"error": {"message": why, "type": "OAuthException", "code": code}}).to_string(),
+        )
+            .into_response()
     }
 
     async fn handle(
         State(inner): State<Arc<Inner>>,
+        method: Method,
         uri: Uri,
         headers: HeaderMap,
         body: Bytes,
     ) -> Response {
-        let n = {
-            let mut requests = inner.requests.lock().unwrap();
-            requests.push(Recorded {
-                path: uri.path().to_owned(),
-                authorization: headers
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
-                body: serde_json::from_slice(&body).unwrap_or_default(),
-            });
-            requests.len()
+        let path = uri.path().to_owned();
+        let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let versioned = path.strip_prefix(&format!("/{VERSION}/"));
+        let messages_path = format!("{}/messages", inner.phone_number_id);
+        let route = match (&method, versioned) {
+            (&Method::POST, Some(rest)) if rest == messages_path => {
+                if json_body["status"] == "read" {
+                    Route::MarkRead
+                } else {
+                    Route::Send
+                }
+            }
+            (&Method::GET, Some(rest)) if rest == inner.phone_number_id => Route::Probe,
+            (&Method::GET, Some(rest)) if !rest.is_empty() && !rest.contains('/') => Route::Resolve,
+            (&Method::GET, None) if path.starts_with("/lookaside/") => Route::Download,
+            _ => Route::Unexpected,
         };
-        if let Some((status, extra, body)) = inner.script.lock().unwrap().pop_front() {
+        let authorization = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        inner.requests.lock().unwrap().push(Recorded {
+            route,
+            method: method.to_string(),
+            path: path.clone(),
+            query: uri.query().unwrap_or("").to_owned(),
+            authorization: authorization.clone(),
+            body: json_body.clone(),
+        });
+        if route == Route::Unexpected {
+            return refuse(StatusCode::NOT_FOUND, 100, "Unknown path components");
+        }
+        if authorization.as_deref() != Some(&format!("Bearer {}", inner.token)) {
+            return refuse(StatusCode::UNAUTHORIZED, 190, "Invalid OAuth access token");
+        }
+        // Body shapes the real API insists on.
+        let body_ok = match route {
+            Route::Send => {
+                json_body["messaging_product"] == "whatsapp"
+                    && json_body["to"].is_string()
+                    && json_body["type"].is_string()
+            }
+            Route::MarkRead => {
+                json_body.as_object().map(|o| o.len()) == Some(4)
+                    && json_body["messaging_product"] == "whatsapp"
+                    && json_body["message_id"].is_string()
+                    && json_body["typing_indicator"] == json!({"type": "text"})
+            }
+            _ => body.is_empty(),
+        };
+        if !body_ok {
+            return refuse(StatusCode::BAD_REQUEST, 100, "Invalid parameter");
+        }
+        let scripted = inner
+            .script
+            .lock()
+            .unwrap()
+            .get_mut(&route)
+            .and_then(VecDeque::pop_front);
+        if let Some((status, extra, body)) = scripted {
             let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
             for (k, v) in extra {
                 response.headers_mut().insert(k, v.parse().unwrap());
             }
             return response;
         }
-        axum::Json(serde_json::json!({"messaging_product": "whatsapp",
-            "contacts": [{"input": "14254360097", "wa_id": "14254360097"}],
-            "messages": [{"id": format!("wamid.out{n}"), "message_status": "accepted"}]}))
-        .into_response()
+        match route {
+            Route::Send => {
+                let n = inner.requests.lock().unwrap().len();
+                axum::Json(json!({"messaging_product": "whatsapp",
+                    "contacts": [{"input": json_body["to"], "wa_id": json_body["to"]}],
+                    "messages": [{"id": format!("wamid.out{n}"), "message_status": "accepted"}]}))
+                .into_response()
+            }
+            Route::MarkRead => axum::Json(json!({"success": true})).into_response(),
+            Route::Probe => axum::Json(json!({"id": inner.phone_number_id})).into_response(),
+            Route::Resolve => {
+                let id = versioned.unwrap_or_default();
+                let mut media = inner.media.lock().unwrap();
+                let Some(m) = media.get_mut(id) else {
+                    return refuse(StatusCode::NOT_FOUND, 100, "Unsupported get request");
+                };
+                m.resolved += 1;
+                let digest = <sha2::Sha256 as sha2::Digest>::digest(&m.bytes);
+                use base64::Engine;
+                axum::Json(json!({"messaging_product": "whatsapp",
+                    "url": format!("{}/lookaside/{id}/{}", inner.base_url, m.resolved),
+                    "mime_type": m.mime_type,
+                    "sha256": base64::engine::general_purpose::STANDARD.encode(digest),
+                    "file_size": m.bytes.len().to_string(),
+                    "id": id}))
+                .into_response()
+            }
+            Route::Download => {
+                // Only the latest URL works: an earlier one has expired.
+                let mut parts = path.trim_start_matches("/lookaside/").split('/');
+                let (Some(id), Some(n)) = (parts.next(), parts.next()) else {
+                    return StatusCode::NOT_FOUND.into_response();
+                };
+                let media = inner.media.lock().unwrap();
+                match media.get(id) {
+                    Some(m) if n == m.resolved.to_string() => {
+                        (StatusCode::OK, m.bytes.clone()).into_response()
+                    }
+                    _ => StatusCode::NOT_FOUND.into_response(),
+                }
+            }
+            Route::Unexpected => unreachable!(),
+        }
     }
 }
 
 const TOKEN: &str = "EAAG-test-token";
 
+use fake_graph::Route;
+
 async fn spawn_with_graph() -> (TestApp, fake_graph::FakeGraph) {
-    let graph = fake_graph::FakeGraph::start().await;
+    let graph = fake_graph::FakeGraph::start(PHONE_NUMBER_ID, TOKEN).await;
     let base = graph.base_url.clone();
     let app = TestApp::spawn_with(move |s| {
         meta(s);
@@ -520,7 +710,8 @@ async fn meta_provider_sends_every_kind_to_the_graph_api_with_version_and_token(
             .unwrap()
             .starts_with("wamid.out")
     );
-    let first = &graph.requests()[0];
+    let first = &graph.on(Route::Send)[0];
+    assert_eq!(first.method, "POST");
     assert_eq!(first.path, format!("/v23.0/{PHONE_NUMBER_ID}/messages"));
     assert_eq!(
         first.authorization.as_deref(),
@@ -542,6 +733,12 @@ async fn meta_provider_sends_every_kind_to_the_graph_api_with_version_and_token(
                 .await
         }
     };
+    send(OutboundMessage::Text {
+        text: "About that bill".into(),
+        reply_to: Some("wamid.in".into()),
+    })
+    .await
+    .unwrap();
     send(OutboundMessage::Image {
         url: "https://example.com/a.jpg".into(),
         caption: Some("bill".into()),
@@ -584,7 +781,20 @@ async fn meta_provider_sends_every_kind_to_the_graph_api_with_version_and_token(
         )
         .await
         .unwrap();
-    let r = graph.requests();
+    let r = graph.on(Route::Send);
+    assert!(graph.on(Route::Unexpected).is_empty(), "{r:#?}");
+    assert!(r.iter().all(|r| r.method == "POST"
+        && r.path == format!("/v23.0/{PHONE_NUMBER_ID}/messages")
+        && r.authorization.as_deref() == Some(&*format!("Bearer {TOKEN}"))));
+    // A reply to a message quotes it (context); nothing else does.
+    assert_eq!(
+        r[1].body,
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": WA_ID,
+            "type": "text", "context": {"message_id": "wamid.in"},
+            "text": {"preview_url": false, "body": "About that bill"}})
+    );
+    assert!(r.iter().filter(|r| r.body.get("context").is_some()).count() == 1);
+    let r = &r[1..];
     assert_eq!(
         r[1].body["image"],
         json!({"link": "https://example.com/a.jpg", "caption": "bill"})
@@ -638,11 +848,7 @@ async fn meta_provider_retries_rate_limits_and_reports_window_closed_without_ret
     let sent = app
         .state
         .whatsapp
-        .send(
-            &customer,
-            OutboundMessage::Text { text: "hi".into() },
-            Initiation::Reply,
-        )
+        .send(&customer, OutboundMessage::text("hi"), Initiation::Reply)
         .await
         .unwrap();
     assert_eq!(sent.len(), 1);
@@ -655,11 +861,7 @@ async fn meta_provider_retries_rate_limits_and_reports_window_closed_without_ret
         let err = app
             .state
             .whatsapp
-            .send(
-                &customer,
-                OutboundMessage::Text { text: "hi".into() },
-                Initiation::Reply,
-            )
+            .send(&customer, OutboundMessage::text("hi"), Initiation::Reply)
             .await
             .unwrap_err();
         match err {
@@ -677,7 +879,7 @@ async fn meta_handoff_story_sends_the_continuation_template_through_the_graph_ap
     use crate::handoff_story::{call, handoff_of, known_customer, story_settings};
     use handoff::domain::Milestone;
 
-    let graph = fake_graph::FakeGraph::start().await;
+    let graph = fake_graph::FakeGraph::start(PHONE_NUMBER_ID, TOKEN).await;
     let base = graph.base_url.clone();
     let port = crate::support::services::free_port();
     let app = TestApp::spawn_with(move |s| {
@@ -733,4 +935,547 @@ async fn meta_handoff_story_sends_the_continuation_template_through_the_graph_ap
         json!({"type": "button", "sub_type": "quick_reply", "index": "0",
             "parameters": [{"type": "payload", "payload": done.id.as_str()}]})
     );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    <sha2::Sha256 as sha2::Digest>::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn media_msg(id: &str, kind: &str, media_id: &str, mime: &str, extra: Value) -> Value {
+    let mut body = json!({"id": media_id, "mime_type": mime, "sha256": "ignored-by-the-service"});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    msg(id, kind, body)
+}
+
+async fn context(app: &TestApp) -> handoff::domain::CustomerContext {
+    let customer = CustomerId::parse(CUSTOMER).unwrap();
+    app.state
+        .stores
+        .contexts
+        .get(&customer)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Inbound media over Meta: every kind is resolved (`GET /{version}/{media-id}`) and downloaded
+/// from the URL Graph hands out, with the bearer token, at once; stored behind the media store
+/// and recorded on the message exactly like ACS media.
+#[tokio::test]
+async fn meta_inbound_media_of_every_kind_is_resolved_downloaded_and_stored() {
+    let (app, graph) = spawn_with_graph().await;
+    let items = [
+        (
+            "wamid.m1",
+            "image",
+            "1001",
+            "image/jpeg",
+            json!({"caption": "my bill"}),
+        ),
+        ("wamid.m2", "video", "1002", "video/mp4", json!({})),
+        (
+            "wamid.m3",
+            "audio",
+            "1003",
+            "audio/ogg; codecs=opus",
+            json!({"voice": true}),
+        ),
+        (
+            "wamid.m4",
+            "document",
+            "1004",
+            "application/pdf",
+            json!({"filename": "bill.pdf"}),
+        ),
+        (
+            "wamid.m5",
+            "sticker",
+            "1005",
+            "image/webp",
+            json!({"animated": false}),
+        ),
+    ];
+    for (_, kind, media_id, mime, _) in &items {
+        graph.serve_media(
+            media_id,
+            format!("{kind} bytes of {media_id}").as_bytes(),
+            mime,
+        );
+    }
+    let messages: Vec<Value> = items
+        .iter()
+        .map(|(id, kind, media_id, mime, extra)| media_msg(id, kind, media_id, mime, extra.clone()))
+        .collect();
+    assert_eq!(
+        post(&app, &notification(vec![entry(json!(messages), json!([]))]))
+            .await
+            .status(),
+        200
+    );
+    let m = eventually(&app, CUSTOMER, "five media messages and a reply", |m| {
+        count(m, "inbound") == 5 && count(m, "outbound") == 1
+    })
+    .await;
+    for (id, kind, media_id, mime, _) in &items {
+        let record = m.iter().find(|r| r["message_id"] == *id).unwrap();
+        let bytes = format!("{kind} bytes of {media_id}");
+        assert_eq!(record["kind"], *kind);
+        assert_eq!(
+            record["media"],
+            json!({"media_id": media_id, "available": true, "mime_type": mime,
+                "size_bytes": bytes.len(), "sha256": sha256_hex(bytes.as_bytes())}),
+            "{record:#?}"
+        );
+        let stored = app.state.whatsapp.stored_media(media_id).await.unwrap();
+        assert_eq!(stored.as_deref(), Some(bytes.as_bytes()));
+
+        let resolves: Vec<_> = graph
+            .on(Route::Resolve)
+            .into_iter()
+            .filter(|r| r.path == format!("/v23.0/{media_id}"))
+            .collect();
+        assert_eq!(resolves.len(), 1, "{resolves:#?}");
+        assert_eq!(resolves[0].method, "GET");
+        let downloads: Vec<_> = graph
+            .on(Route::Download)
+            .into_iter()
+            .filter(|r| r.path == format!("/lookaside/{media_id}/1"))
+            .collect();
+        assert_eq!(downloads.len(), 1, "{:#?}", graph.requests());
+        assert_eq!(
+            downloads[0].authorization.as_deref(),
+            Some(&*format!("Bearer {TOKEN}"))
+        );
+    }
+    assert!(graph.on(Route::Unexpected).is_empty());
+    let ctx = context(&app).await;
+    let lines: Vec<&str> = ctx.transcript.iter().map(|t| t.text.as_str()).collect();
+    assert!(lines.contains(&"[image] my bill"), "{lines:?}");
+    assert!(lines.contains(&"[audio]"), "{lines:?}");
+}
+
+/// Media URLs expire in minutes: a 401 or 404 from the download resolves the id once more and
+/// downloads once more. Any other failure keeps the message (and its caption), with the media
+/// marked unavailable, and the agent still answers.
+#[tokio::test]
+async fn meta_media_url_expiry_is_resolved_again_once_and_failures_never_lose_the_message() {
+    let (app, graph) = spawn_with_graph().await;
+    for id in ["2001", "2002", "2003"] {
+        graph.serve_media(id, format!("bytes {id}").as_bytes(), "image/jpeg");
+    }
+    // 2001: the first URL has expired (404), the second works.
+    graph.script(Route::Download, 404, String::new());
+    let first = notification(vec![entry(
+        json!([media_msg(
+            "wamid.e1",
+            "image",
+            "2001",
+            "image/jpeg",
+            json!({})
+        )]),
+        json!([]),
+    )]);
+    post(&app, &first).await;
+    let m = eventually(&app, CUSTOMER, "the first media message", |m| {
+        count(m, "inbound") == 1
+    })
+    .await;
+    assert_eq!(m[0]["media"]["available"], true, "{m:#?}");
+    let paths: Vec<String> = graph
+        .requests()
+        .into_iter()
+        .filter(|r| matches!(r.route, Route::Resolve | Route::Download))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/v23.0/2001",
+            "/lookaside/2001/1",
+            "/v23.0/2001",
+            "/lookaside/2001/2"
+        ]
+    );
+    eventually(&app, CUSTOMER, "the first reply", |m| {
+        count(m, "outbound") == 1
+    })
+    .await;
+
+    // 2002: 401 twice: one fresh URL only, then given up. 2003: 403, not retried at all.
+    // 2004: Graph does not know the id.
+    graph.script(Route::Download, 401, fake_graph::graph_error(0));
+    graph.script(Route::Download, 401, fake_graph::graph_error(0));
+    graph.script(Route::Download, 403, String::new());
+    let before = graph.requests().len();
+    let failing = notification(vec![entry(
+        json!([
+            media_msg(
+                "wamid.e2",
+                "image",
+                "2002",
+                "image/jpeg",
+                json!({"caption": "my bill"})
+            ),
+            media_msg("wamid.e3", "document", "2003", "application/pdf", json!({})),
+            media_msg("wamid.e4", "video", "2004", "video/mp4", json!({})),
+        ]),
+        json!([]),
+    )]);
+    assert_eq!(post(&app, &failing).await.status(), 200);
+    let m = eventually(
+        &app,
+        CUSTOMER,
+        "three more inbound and a second reply",
+        |m| count(m, "inbound") == 4 && count(m, "outbound") == 2,
+    )
+    .await;
+    for (id, media_id) in [
+        ("wamid.e2", "2002"),
+        ("wamid.e3", "2003"),
+        ("wamid.e4", "2004"),
+    ] {
+        let record = m.iter().find(|r| r["message_id"] == id).unwrap();
+        assert_eq!(record["media"]["available"], false, "{record:#?}");
+        assert_eq!(record["media"]["media_id"], media_id);
+        assert!(record["media"].get("sha256").is_none());
+        assert!(
+            app.state
+                .whatsapp
+                .stored_media(media_id)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let later: Vec<String> = graph.requests()[before..]
+        .iter()
+        .filter(|r| matches!(r.route, Route::Resolve | Route::Download))
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(
+        later,
+        [
+            "/v23.0/2002",
+            "/lookaside/2002/1",
+            "/v23.0/2002",
+            "/lookaside/2002/2",
+            "/v23.0/2003",
+            "/lookaside/2003/1",
+            "/v23.0/2004"
+        ]
+    );
+    let ctx = context(&app).await;
+    let lines: Vec<&str> = ctx.transcript.iter().map(|t| t.text.as_str()).collect();
+    assert!(
+        lines.contains(&"[image, not available] my bill"),
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"[document, not available]"), "{lines:?}");
+}
+
+/// Before the agent answers a Meta message, the message is marked read with the typing
+/// indicator; a failing read receipt is tried once and never costs the reply.
+#[tokio::test]
+async fn meta_message_is_marked_read_with_typing_before_the_reply_and_a_failure_does_not_block_it()
+{
+    let (app, graph) = spawn_with_graph().await;
+    let hello = notification(vec![entry(
+        json!([msg("wamid.in1", "text", json!({"body": "hello"}))]),
+        json!([]),
+    )]);
+    post(&app, &hello).await;
+    eventually(&app, CUSTOMER, "the reply", |m| count(m, "outbound") == 1).await;
+    let routes: Vec<Route> = graph.requests().iter().map(|r| r.route).collect();
+    assert_eq!(routes, [Route::MarkRead, Route::Send]);
+    let receipt = &graph.on(Route::MarkRead)[0];
+    assert_eq!(receipt.method, "POST");
+    assert_eq!(receipt.path, format!("/v23.0/{PHONE_NUMBER_ID}/messages"));
+    assert_eq!(
+        receipt.authorization.as_deref(),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+    assert_eq!(
+        receipt.body,
+        json!({"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.in1",
+            "typing_indicator": {"type": "text"}})
+    );
+
+    // The receipt fails (even with a "transient" 500): one try, and the reply still goes out.
+    graph.script(Route::MarkRead, 500, fake_graph::graph_error(1));
+    let again = notification(vec![entry(
+        json!([msg("wamid.in2", "text", json!({"body": "are you there?"}))]),
+        json!([]),
+    )]);
+    post(&app, &again).await;
+    eventually(&app, CUSTOMER, "the second reply", |m| {
+        count(m, "outbound") == 2
+    })
+    .await;
+    let receipts = graph.on(Route::MarkRead);
+    assert_eq!(receipts.len(), 2, "not retried: {receipts:#?}");
+    assert_eq!(receipts[1].body["message_id"], "wamid.in2");
+    assert_eq!(graph.on(Route::Send).len(), 2);
+}
+
+async fn readiness(app: &TestApp) -> (u16, Value) {
+    let r = app.http.get(app.url("/readyz")).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+async fn metric(app: &TestApp, name: &str) -> Option<f64> {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn provider_check(body: &Value) -> Value {
+    body["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "whatsapp_provider")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Error 190 (token expired) from a Graph call fails readiness with the reason, logged once as
+/// an alert, until a later Graph call succeeds. While it is failing, readiness itself re-checks
+/// the token (at once, then at most every 30 s), so the replica recovers without traffic.
+#[tokio::test]
+async fn meta_token_expired_fails_readiness_until_a_graph_call_succeeds() {
+    use handoff::domain::OutboundMessage;
+    use handoff::whatsapp::{Initiation, SendError, SenderError};
+
+    let (app, graph) = spawn_with_graph().await;
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(
+        provider_check(&body),
+        json!({"name": "whatsapp_provider", "ok": true})
+    );
+    assert!(
+        graph.on(Route::Probe).is_empty(),
+        "no probe while the token works"
+    );
+
+    post(
+        &app,
+        &notification(vec![entry(
+            json!([msg("wamid.t1", "text", json!({"body": "hello"}))]),
+            json!([]),
+        )]),
+    )
+    .await;
+    eventually(&app, CUSTOMER, "the reply", |m| count(m, "outbound") == 1).await;
+    let customer = CustomerId::parse(CUSTOMER).unwrap();
+    graph.fail_with(401, 190, None);
+    let before = graph.on(Route::Send).len();
+    let err = app
+        .state
+        .whatsapp
+        .send(&customer, OutboundMessage::text("hi"), Initiation::Reply)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SendError::Sender(SenderError::Rejected { code, .. }) if code == "190"),
+        "{err:?}"
+    );
+    assert_eq!(
+        graph.on(Route::Send).len(),
+        before + 1,
+        "190 is not retried"
+    );
+
+    // Readiness probes the token at once; Graph still says 190.
+    graph.script(Route::Probe, 401, fake_graph::graph_error(190));
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 503, "{body:#}");
+    assert_eq!(body["failing"], json!(["whatsapp_provider"]));
+    let reason = provider_check(&body)["error"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("190") && reason.contains("META_ACCESS_TOKEN"),
+        "{reason}"
+    );
+    assert!(!reason.contains(TOKEN), "no secret in the reason");
+    let probes = graph.on(Route::Probe);
+    assert_eq!(probes.len(), 1);
+    assert_eq!(probes[0].path, format!("/v23.0/{PHONE_NUMBER_ID}"));
+    assert_eq!(probes[0].query, "fields=id");
+    assert_eq!(
+        probes[0].authorization.as_deref(),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+    // Asked again at once: still failing, and no second probe yet.
+    assert_eq!(readiness(&app).await.0, 503);
+    assert_eq!(graph.on(Route::Probe).len(), 1);
+    // Alerted once, however many calls saw it.
+    assert_eq!(
+        metric(&app, "handoff_meta_token_expired_total").await,
+        Some(1.0)
+    );
+
+    // A later Graph call succeeds: ready again.
+    app.state
+        .whatsapp
+        .send(&customer, OutboundMessage::text("hi"), Initiation::Reply)
+        .await
+        .unwrap();
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(provider_check(&body)["ok"], true);
+}
+
+/// 190 can also arrive inside a status's `errors[]` or in a `value` that carries only
+/// `errors[]`: both mark the token expired (and such a value is counted and logged, not
+/// dropped). The readiness probe finds the token working again and readiness recovers.
+#[tokio::test]
+async fn meta_190_in_a_status_or_an_errors_only_value_fails_readiness_until_the_probe_succeeds() {
+    let (app, graph) = spawn_with_graph().await;
+    let errors_only = |code: u32| {
+        json!({ "id": "102290129340398", "changes": [{ "field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": { "display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID },
+            "errors": [{ "code": code, "title": "Something went wrong",
+                "message": "…", "error_data": { "details": "…" } }] }}]})
+    };
+    // An errors-only value that is not about the token: counted, readiness unaffected.
+    assert_eq!(
+        post(&app, &notification(vec![errors_only(131000)]))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(readiness(&app).await.0, 200);
+    assert_eq!(
+        metric(
+            &app,
+            "handoff_whatsapp_meta_webhook_errors_total{code=\"131000\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+
+    // An errors-only value with 190: the token is marked expired (an alert), and readiness
+    // probes it at once; Graph answers the probe, so it works after all: ready.
+    assert_eq!(
+        post(&app, &notification(vec![errors_only(190)]))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "handoff_whatsapp_meta_webhook_errors_total{code=\"190\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&app, "handoff_meta_token_expired_total").await,
+        Some(1.0)
+    );
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(
+        graph.on(Route::Probe).len(),
+        1,
+        "probed because it was marked expired"
+    );
+
+    // A failed status with 190, and this time the probe confirms it: not ready.
+    let failed = notification(vec![entry(
+        json!([]),
+        json!([{"id": "wamid.out-x", "status": "failed", "recipient_id": WA_ID,
+            "timestamp": chrono::Utc::now().timestamp().to_string(),
+            "errors": [{"code": 190, "title": "Access token has expired"}]}]),
+    )]);
+    assert_eq!(post(&app, &failed).await.status(), 200);
+    assert_eq!(
+        metric(&app, "handoff_meta_token_expired_total").await,
+        Some(2.0)
+    );
+    graph.script(Route::Probe, 401, fake_graph::graph_error(190));
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 503, "{body:#}");
+    let reason = provider_check(&body)["error"].as_str().unwrap().to_owned();
+    assert!(reason.contains("a delivery status"), "{reason}");
+    assert_eq!(graph.on(Route::Probe).len(), 2);
+}
+
+/// Billing details on the message log with Cosmos DB (the test server) as the log: a late
+/// `sent` brings the pricing to a message already read, and the API shows it.
+#[tokio::test]
+async fn meta_pricing_and_conversation_are_kept_on_the_cosmos_message_log() {
+    let cosmos = crate::support::services::CosmosServer::start();
+    let endpoint = cosmos.endpoint();
+    let app = TestApp::spawn_with(move |s| {
+        meta(s);
+        s.cosmos = Some(handoff::config::CosmosSettings {
+            endpoint,
+            key: Some(Secret::new(
+                crate::support::services::COSMOS_EMULATOR_KEY.to_owned(),
+            )),
+            database: "meta".into(),
+            managed_identity_client_id: None,
+        });
+    })
+    .await;
+    post(
+        &app,
+        &notification(vec![entry(
+            json!([msg("wamid.c1", "text", json!({"body": "hello"}))]),
+            json!([]),
+        )]),
+    )
+    .await;
+    let m = eventually(&app, CUSTOMER, "a reply", |m| count(m, "outbound") == 1).await;
+    let id = m.iter().find(|r| r["direction"] == "outbound").unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A status for a message nobody sent: kept aside with its pricing, never listed.
+    let statuses = notification(vec![entry(
+        json!([]),
+        json!([
+            status(&id, "read", None),
+            status(&id, "sent", None),
+            status("wamid.unknown", "sent", None)
+        ]),
+    )]);
+    assert_eq!(post(&app, &statuses).await.status(), 200);
+    let m = eventually(&app, CUSTOMER, "read with its pricing", |m| {
+        m.iter().any(|r| {
+            r["message_id"] == id.as_str() && r["status"] == "read" && r["pricing"].is_object()
+        })
+    })
+    .await;
+    let record = m.iter().find(|r| r["message_id"] == id.as_str()).unwrap();
+    assert_eq!(record["pricing"]["category"], "service", "{record:#?}");
+    assert_eq!(record["pricing"]["billable"], false);
+    assert_eq!(record["conversation"]["id"], "conv-1");
+    assert_eq!(record["conversation"]["origin"], "service");
+    assert_eq!(
+        m.iter().filter(|r| r["direction"] == "outbound").count(),
+        1,
+        "{m:#?}"
+    );
+    let inbound = m.iter().find(|r| r["direction"] == "inbound").unwrap();
+    assert!(inbound.get("pricing").is_none(), "{inbound:#?}");
 }

@@ -799,7 +799,7 @@ async fn the_app_asks_the_model_with_the_call_in_mind_and_sends_its_whatsapp_ans
     .await;
     let sent = app.state.whatsapp.sandbox_records().unwrap();
     assert!(sent.iter().any(|r| matches!(&r.message,
-        handoff::domain::OutboundMessage::Text { text } if text == "Hi Ada! The crew is on its way.")));
+        handoff::domain::OutboundMessage::Text { text, .. } if text == "Hi Ada! The crew is on its way.")));
 }
 
 /// On a call, the model's streamed tool call runs in the service and the second request carries

@@ -280,7 +280,7 @@ async fn whatsapp_statuses_in_reverse_order_end_as_read_and_131047_closes_the_wi
         .whatsapp
         .send(
             &customer,
-            handoff::domain::OutboundMessage::Text { text: "hi".into() },
+            handoff::domain::OutboundMessage::text("hi"),
             handoff::whatsapp::Initiation::Reply,
         )
         .await;

@@ -101,6 +101,8 @@ async fn whatsapp_inbox_append_throughput() {
                     customer: None,
                     at: chrono::Utc::now(),
                     error_code: None,
+                    pricing: None,
+                    conversation: None,
                 };
                 inbox
                     .append(vec![NewEntry {

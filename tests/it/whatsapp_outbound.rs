@@ -89,9 +89,7 @@ async fn whatsapp_every_kind_goes_out_signed_with_its_exact_body() {
     let footer = json!({"kind": "text", "text": "Footer"});
     let cases: Vec<(OutboundMessage, &str, serde_json::Value)> = vec![
         (
-            OutboundMessage::Text {
-                text: "Hello".into(),
-            },
+            OutboundMessage::text("Hello"),
             "2024-08-30",
             with(json!({"kind": "text", "content": "Hello"})),
         ),
@@ -243,7 +241,7 @@ async fn whatsapp_every_kind_goes_out_signed_with_its_exact_body() {
 async fn whatsapp_free_form_only_inside_the_window_minus_the_margin() {
     let acs = FakeAcs::start().await;
     let app = app_with_acs(&acs).await;
-    let hi = || OutboundMessage::Text { text: "hi".into() };
+    let hi = || OutboundMessage::text("hi");
 
     let customer = last_inbound(&app, chrono::Duration::hours(23)).await;
     assert!(send(&app, &customer, hi()).await.is_ok());
@@ -297,9 +295,7 @@ async fn whatsapp_long_text_is_split_into_ordered_messages() {
     let sent = send(
         &app,
         &customer,
-        OutboundMessage::Text {
-            text: format!("{first}\n\n{second}"),
-        },
+        OutboundMessage::text(format!("{first}\n\n{second}")),
     )
     .await
     .unwrap();
@@ -322,7 +318,7 @@ async fn whatsapp_429_then_202_is_one_message_with_one_repeatability_id() {
         headers: vec![("retry-after-ms", "10".into())],
         body: r#"{"error":{"code":"TooManyRequests","message":"slow down"}}"#.into(),
     }]);
-    let sent = send(&app, &customer, OutboundMessage::Text { text: "hi".into() })
+    let sent = send(&app, &customer, OutboundMessage::text("hi"))
         .await
         .unwrap();
     assert_eq!(sent.len(), 1);
@@ -352,7 +348,7 @@ async fn whatsapp_400_is_a_typed_error_after_one_attempt() {
         400,
         r#"{"error":{"code":"BadRequest","message":"invalid channel"}}"#,
     )]);
-    let result = send(&app, &customer, OutboundMessage::Text { text: "hi".into() }).await;
+    let result = send(&app, &customer, OutboundMessage::text("hi")).await;
     match result {
         Err(SendError::Sender(SenderError::Rejected { status, code, .. })) => {
             assert_eq!(status, 400);
@@ -482,6 +478,16 @@ async fn whatsapp_inbound_media_is_downloaded_and_the_reply_goes_to_acs() {
     assert_eq!(download.api_version().as_deref(), Some("2024-08-30"));
     let stored = app.state.settings.data_dir.join("media").join("media-9");
     assert_eq!(std::fs::read(stored).unwrap(), b"\x89PNG fake image");
+    // The same record as for Meta media (tests/it/meta.rs).
+    let sha256: String = <sha2::Sha256 as sha2::Digest>::digest(b"\x89PNG fake image")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        m[0]["media"],
+        json!({"media_id": "media-9", "available": true, "mime_type": "image/png",
+            "size_bytes": 15, "sha256": sha256})
+    );
     let reply = acs.sends().pop().unwrap();
     assert_eq!(reply.json()["to"], json!(["14254360097"]));
     assert_eq!(reply.json()["channelRegistrationId"], CHANNEL);
