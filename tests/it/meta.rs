@@ -1479,3 +1479,48 @@ async fn meta_pricing_and_conversation_are_kept_on_the_cosmos_message_log() {
     let inbound = m.iter().find(|r| r["direction"] == "inbound").unwrap();
     assert!(inbound.get("pricing").is_none(), "{inbound:#?}");
 }
+
+/// A long reply to a message is split; only its first part quotes the message.
+#[tokio::test]
+async fn meta_long_reply_quotes_the_message_in_its_first_part_only() {
+    use handoff::domain::OutboundMessage;
+    use handoff::whatsapp::Initiation;
+
+    let (app, graph) = spawn_with_graph().await;
+    post(
+        &app,
+        &notification(vec![entry(
+            json!([msg("wamid.q", "text", json!({"body": "hello"}))]),
+            json!([]),
+        )]),
+    )
+    .await;
+    eventually(&app, CUSTOMER, "the reply", |m| count(m, "outbound") == 1).await;
+    let first = format!("{}.", "a".repeat(3000));
+    let second = format!("{}.", "b".repeat(3000));
+    let customer = CustomerId::parse(CUSTOMER).unwrap();
+    let sent = app
+        .state
+        .whatsapp
+        .send(
+            &customer,
+            OutboundMessage::Text {
+                text: format!("{first}\n\n{second}"),
+                reply_to: Some("wamid.q".into()),
+            },
+            Initiation::Reply,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.len(), 2);
+    let sends = graph.on(Route::Send);
+    let parts = &sends[sends.len() - 2..];
+    assert_eq!(parts[0].body["text"]["body"], json!(first));
+    assert_eq!(parts[0].body["context"], json!({"message_id": "wamid.q"}));
+    assert_eq!(parts[1].body["text"]["body"], json!(second));
+    assert!(
+        parts[1].body.get("context").is_none(),
+        "{:#}",
+        parts[1].body
+    );
+}
