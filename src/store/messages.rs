@@ -18,6 +18,14 @@ pub trait MessageLog: Send + Sync + 'static {
     /// Records a message; if a record with its id exists (a status that came first, or a
     /// redelivered inbound message), merges instead of duplicating.
     async fn record(&self, record: MessageRecord) -> Result<(), StoreError>;
+    /// Records several messages, in order, as [`Self::record`] would one by one. Adapters that
+    /// can write them together (one transaction) do.
+    async fn record_many(&self, records: Vec<MessageRecord>) -> Result<(), StoreError> {
+        for record in records {
+            self.record(record).await?;
+        }
+        Ok(())
+    }
     /// Applies a status report. Returns the record when the report moved its status; `None`
     /// when it did not (billing details it carries are kept either way). A report for an
     /// unknown message is kept, so the send can merge it.
@@ -85,29 +93,42 @@ fn index(txn: &redb::WriteTransaction, customer: &CustomerId, id: &str) -> Resul
     Ok(())
 }
 
+/// Records a message inside the writer's transaction; if a record with its id exists (a status
+/// that came first, or a redelivered inbound message), merges instead of duplicating.
+fn record_in(txn: &redb::WriteTransaction, record: MessageRecord) -> Result<(), StoreError> {
+    let mut messages = txn.open_table(MESSAGES).map_err(be)?;
+    let existing = load(&messages, &record.message_id)?;
+    let merged = match existing {
+        // A redelivered message: nothing new.
+        Some(e) if e.customer.is_some() => return Ok(()),
+        Some(mut early) => {
+            early.merge_send(record);
+            early
+        }
+        None => record,
+    };
+    let bytes = serde_json::to_vec(&merged).map_err(be)?;
+    messages
+        .insert(merged.message_id.as_str(), bytes.as_slice())
+        .map_err(be)?;
+    drop(messages);
+    if let Some(customer) = &merged.customer {
+        index(txn, customer, &merged.message_id)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl MessageLog for EmbeddedMessageLog {
     async fn record(&self, record: MessageRecord) -> Result<(), StoreError> {
+        self.db.write(move |txn| record_in(txn, record)).await
+    }
+
+    async fn record_many(&self, records: Vec<MessageRecord>) -> Result<(), StoreError> {
         self.db
             .write(move |txn| {
-                let mut messages = txn.open_table(MESSAGES).map_err(be)?;
-                let existing = load(&messages, &record.message_id)?;
-                let (merged, newly_indexed) = match existing {
-                    // A redelivered message: nothing new.
-                    Some(e) if e.customer.is_some() => return Ok(()),
-                    Some(mut early) => {
-                        early.merge_send(record);
-                        (early, true)
-                    }
-                    None => (record, true),
-                };
-                let bytes = serde_json::to_vec(&merged).map_err(be)?;
-                messages
-                    .insert(merged.message_id.as_str(), bytes.as_slice())
-                    .map_err(be)?;
-                drop(messages);
-                if newly_indexed && let Some(customer) = &merged.customer {
-                    index(txn, customer, &merged.message_id)?;
+                for record in records {
+                    record_in(txn, record)?;
                 }
                 Ok(())
             })

@@ -17,8 +17,8 @@ use crate::agent::engine::{ToolHost, ToolOutcome, run_turn};
 use crate::agent::tools::ToolRequest;
 use crate::agent::{AgentInput, AgentRequest, ToolCall};
 use crate::domain::{
-    Channel, Direction, InboundContent, InboundMedia, InboundMessage, MediaRecord, MessageRecord,
-    OutboundMessage, Role, StatusUpdate, Turn, WhatsAppSession,
+    Channel, CustomerContext, Direction, InboundContent, InboundMedia, InboundMessage, MediaRecord, MessageRecord,
+    OutboundMessage, Role, StatusUpdate, Turn, WhatsAppProvider, WhatsAppSession,
 };
 use crate::domain::{CustomerId, DeliveryStatus};
 use crate::handoff::tools::ConversationTools;
@@ -270,18 +270,18 @@ impl WhatsApp {
         let mut pending: VecDeque<InboxEntry> = batch.into();
         let mut rounds = 0;
         loop {
-            while let Some(entry) = pending.pop_front() {
-                let seq = entry.seq;
-                let key = entry.key();
+            while let Some(run) = take_run(&mut pending) {
+                let seqs: Vec<u64> = run.iter().map(|e| e.seq).collect();
+                let keys: Vec<EntryKey> = run.iter().map(InboxEntry::key).collect();
                 let permit = self.dispatcher.permits.acquire().await;
-                let handled_entry = self.handle_entry(entry, &mut new_messages).await;
+                let handled_run = self.handle_run(run, &mut new_messages).await;
                 drop(permit);
-                match handled_entry {
-                    Ok(()) => handled.push(key),
+                match handled_run {
+                    Ok(()) => handled.extend(keys),
                     Err(err) => {
-                        tracing::warn!(error = %err, seq, "whatsapp inbox entry failed; left for the sweep");
-                        // Keep order: this and everything after it wait for the sweep.
-                        let mut left = vec![seq];
+                        tracing::warn!(error = %err, seq = seqs[0], "whatsapp inbox entries failed; left for the sweep");
+                        // Keep order: these and everything after them wait for the sweep.
+                        let mut left = seqs;
                         left.extend(pending.iter().map(|e| e.seq));
                         left.extend(self.dispatcher.take_more(partition).iter().map(|e| e.seq));
                         self.dispatcher.abandon(&left);
@@ -323,104 +323,98 @@ impl WhatsApp {
         }
     }
 
-    async fn handle_entry(
+    /// Handles a run from [`take_run`]: one status, or consecutive messages of one customer.
+    async fn handle_run(
         &self,
-        entry: InboxEntry,
+        run: Vec<InboxEntry>,
         new_messages: &mut Vec<Received>,
     ) -> Result<(), StoreError> {
-        match entry.event {
-            InboxEvent::Message(m) => {
-                let (fresh, media) = self.apply_inbound(&m).await?;
-                if fresh {
-                    new_messages.push(Received { message: m, media });
-                }
-                Ok(())
+        let mut messages = Vec::with_capacity(run.len());
+        for entry in run {
+            match entry.event {
+                InboxEvent::Message(m) => messages.push(m),
+                InboxEvent::Status(s) => self.apply_status(s).await?,
             }
-            InboxEvent::Status(s) => self.apply_status(s).await,
         }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let outcomes = self.apply_inbound(&messages).await?;
+        for (message, (fresh, media)) in messages.into_iter().zip(outcomes) {
+            if fresh {
+                new_messages.push(Received { message, media });
+            }
+        }
+        Ok(())
     }
 
-    /// Records an inbound message on the context and the message log, with its media fetched
-    /// and stored first (or marked unavailable). Returns whether it was new (a redelivery after
+    /// Records inbound messages of one customer on the context and the message log, with
+    /// their media fetched and stored first (or marked unavailable): one context write and one
+    /// message-log write for the whole run, so a burst costs the durable writer two operations
+    /// instead of two per message. Returns, per message, whether it was new (a redelivery after
     /// a crash is not answered twice) and what became of its media.
     async fn apply_inbound(
         &self,
-        m: &InboundMessage,
-    ) -> Result<(bool, Option<MediaRecord>), StoreError> {
-        let media = match &m.content {
-            InboundContent::Media(media) => Some(self.media_of(m, media).await?),
-            _ => None,
+        messages: &[InboundMessage],
+    ) -> Result<Vec<(bool, Option<MediaRecord>)>, StoreError> {
+        let Some(customer) = messages.first().map(|m| m.customer.clone()) else {
+            return Ok(Vec::new());
         };
-        let transcript_text = m.content.transcript_text_for(media.as_ref());
+        let mut medias = Vec::with_capacity(messages.len());
+        for m in messages {
+            medias.push(match &m.content {
+                InboundContent::Media(media) => Some(self.media_of(m, media).await?),
+                _ => None,
+            });
+        }
+        let texts: Vec<String> = messages
+            .iter()
+            .zip(&medias)
+            .map(|(m, media)| m.content.transcript_text_for(media.as_ref()))
+            .collect();
         let max_turns = self.settings.transcript_max_turns;
         let provider = self.provider;
         let (_, fresh) = self
             .contexts
-            .update(&m.customer, |ctx| {
-                let session = ctx.whatsapp.get_or_insert(WhatsAppSession {
-                    provider,
-                    wa_id: None,
-                    bsuid: None,
-                    business_number: None,
-                    last_inbound_at: None,
-                    window_closed_at: None,
-                });
-                session.provider = provider;
-                if m.wa_id.is_some() {
-                    session.wa_id.clone_from(&m.wa_id);
-                }
-                if m.bsuid.is_some() {
-                    session.bsuid.clone_from(&m.bsuid);
-                }
-                if m.business_number.is_some() {
-                    session.business_number.clone_from(&m.business_number);
-                }
-                if session.last_inbound_at.is_none_or(|t| t < m.received_at) {
-                    session.last_inbound_at = Some(m.received_at);
-                }
-                session.window_closed_at = None;
-                if ctx.display_name.is_none() {
-                    ctx.display_name.clone_from(&m.display_name);
-                }
-                match opt_keyword(&m.content) {
-                    Some(OptKeyword::Stop) => ctx.opted_out = true,
-                    Some(OptKeyword::Start) => ctx.opted_out = false,
-                    None => {}
-                }
-                ctx.push_turn(
-                    Turn::new(
-                        Channel::Whatsapp,
-                        Role::Customer,
-                        transcript_text.clone(),
-                        m.received_at,
-                    )
-                    .with_source_id(m.message_id.clone()),
-                    max_turns,
-                )
+            .update(&customer, |ctx| {
+                messages
+                    .iter()
+                    .zip(&texts)
+                    .map(|(m, text)| apply_to_context(ctx, m, text, provider, max_turns))
+                    .collect::<Vec<bool>>()
             })
             .await?;
-        let mut record = MessageRecord::new(
-            m.message_id.clone(),
-            Some(m.customer.clone()),
-            Direction::Inbound,
-            m.content.kind(),
-            m.received_at,
-        );
-        record.media.clone_from(&media);
-        self.log.record(record).await?;
-        tracing::info!(customer = %m.customer, message_id = %m.message_id, kind = m.content.kind(), new = fresh, "whatsapp message received");
-        if fresh && let Some(tools) = self.tools() {
-            // The first message after a handoff resumes it: by the quick-reply payload (the
-            // handoff id) when there is one, by customer otherwise.
-            let payload = match &m.content {
-                InboundContent::ButtonTap { payload, .. } => Some(payload.as_str()),
-                _ => None,
-            };
-            if let Err(err) = tools.handoff.on_customer_reply(&m.customer, payload).await {
-                tracing::warn!(customer = %m.customer, error = %err, "cannot record the handoff as resumed");
+        let records = messages
+            .iter()
+            .zip(&medias)
+            .map(|(m, media)| {
+                let mut record = MessageRecord::new(
+                    m.message_id.clone(),
+                    Some(m.customer.clone()),
+                    Direction::Inbound,
+                    m.content.kind(),
+                    m.received_at,
+                );
+                record.media.clone_from(media);
+                record
+            })
+            .collect();
+        self.log.record_many(records).await?;
+        for (m, &fresh) in messages.iter().zip(&fresh) {
+            tracing::info!(customer = %m.customer, message_id = %m.message_id, kind = m.content.kind(), new = fresh, "whatsapp message received");
+            if fresh && let Some(tools) = self.tools() {
+                // The first message after a handoff resumes it: by the quick-reply payload (the
+                // handoff id) when there is one, by customer otherwise.
+                let payload = match &m.content {
+                    InboundContent::ButtonTap { payload, .. } => Some(payload.as_str()),
+                    _ => None,
+                };
+                if let Err(err) = tools.handoff.on_customer_reply(&m.customer, payload).await {
+                    tracing::warn!(customer = %m.customer, error = %err, "cannot record the handoff as resumed");
+                }
             }
         }
-        Ok((fresh, media))
+        Ok(fresh.into_iter().zip(medias).collect())
     }
 
     /// The media of a message: what an earlier attempt recorded (a redelivery does not fetch
@@ -659,6 +653,76 @@ impl Dispatcher {
 
 /// A customer's message that is new, waiting for the burst's answer, with what became of its
 /// media.
+/// Most messages applied together in one context write.
+const MAX_RUN: usize = 64;
+
+/// Takes the next run off the front: a status alone, or up to [`MAX_RUN`] consecutive
+/// messages from the same customer (applied together, in order).
+fn take_run(pending: &mut VecDeque<InboxEntry>) -> Option<Vec<InboxEntry>> {
+    let first = pending.pop_front()?;
+    let customer = match &first.event {
+        InboxEvent::Message(m) => m.customer.clone(),
+        InboxEvent::Status(_) => return Some(vec![first]),
+    };
+    let mut run = vec![first];
+    while run.len() < MAX_RUN
+        && matches!(pending.front(), Some(InboxEntry { event: InboxEvent::Message(m), .. }) if m.customer == customer)
+    {
+        run.extend(pending.pop_front());
+    }
+    Some(run)
+}
+
+/// One inbound message's effect on the customer's context; whether it was new.
+fn apply_to_context(
+    ctx: &mut CustomerContext,
+    m: &InboundMessage,
+    transcript_text: &str,
+    provider: WhatsAppProvider,
+    max_turns: usize,
+) -> bool {
+    let session = ctx.whatsapp.get_or_insert(WhatsAppSession {
+        provider,
+        wa_id: None,
+        bsuid: None,
+        business_number: None,
+        last_inbound_at: None,
+        window_closed_at: None,
+    });
+    session.provider = provider;
+    if m.wa_id.is_some() {
+        session.wa_id.clone_from(&m.wa_id);
+    }
+    if m.bsuid.is_some() {
+        session.bsuid.clone_from(&m.bsuid);
+    }
+    if m.business_number.is_some() {
+        session.business_number.clone_from(&m.business_number);
+    }
+    if session.last_inbound_at.is_none_or(|t| t < m.received_at) {
+        session.last_inbound_at = Some(m.received_at);
+    }
+    session.window_closed_at = None;
+    if ctx.display_name.is_none() {
+        ctx.display_name.clone_from(&m.display_name);
+    }
+    match opt_keyword(&m.content) {
+        Some(OptKeyword::Stop) => ctx.opted_out = true,
+        Some(OptKeyword::Start) => ctx.opted_out = false,
+        None => {}
+    }
+    ctx.push_turn(
+        Turn::new(
+            Channel::Whatsapp,
+            Role::Customer,
+            transcript_text.to_owned(),
+            m.received_at,
+        )
+        .with_source_id(m.message_id.clone()),
+        max_turns,
+    )
+}
+
 struct Received {
     message: InboundMessage,
     media: Option<MediaRecord>,
