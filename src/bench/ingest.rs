@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rand::Rng;
 
-use super::{BenchArgs, BenchError, IngestReport, LoadFigures, Progress, Service, Verification};
+use super::{
+    BenchArgs, BenchError, IngestReport, LoadCost, LoadFigures, Progress, Service, Verification,
+};
 use crate::domain::{Channel, CustomerId, Direction, Role};
+use crate::store::embedded::WRITER_TOTALS;
 
 const CHANNEL_ID: &str = "bench-channel";
 /// How long the inbox may take to drain before the verification gives up.
@@ -117,7 +120,9 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<IngestR
         args.connections
     ));
     let bodies = Arc::new(load.bodies);
+    let before = Window::open();
     let figures = super::load::drive(&url, bodies, args.connections, "ingest", progress).await;
+    let during_load = before.close();
     if args.ack_only {
         let backlog = service
             .state
@@ -141,6 +146,7 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<IngestR
             drain_seconds: 0.0,
             ack_only: true,
             verification,
+            during_load,
         });
     }
     let drain_started = Instant::now();
@@ -183,7 +189,40 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<IngestR
         drain_seconds,
         ack_only: false,
         verification,
+        during_load,
     })
+}
+
+/// Process CPU and embedded-writer totals at the start of a load window.
+struct Window {
+    at: Instant,
+    cpu: Duration,
+    writer: (u64, u64, u64),
+}
+
+impl Window {
+    fn open() -> Self {
+        Self {
+            at: Instant::now(),
+            cpu: super::process_usage().1,
+            writer: WRITER_TOTALS.snapshot(),
+        }
+    }
+
+    fn close(self) -> LoadCost {
+        let wall = self.at.elapsed().as_secs_f64().max(1e-9);
+        let cpu = super::process_usage().1.saturating_sub(self.cpu);
+        let (commits, operations, busy) = WRITER_TOTALS.snapshot();
+        let commits = commits - self.writer.0;
+        let operations = operations - self.writer.1;
+        LoadCost {
+            cores_busy: cpu.as_secs_f64() / wall,
+            commits,
+            operations,
+            mean_batch: operations as f64 / commits.max(1) as f64,
+            writer_busy: (busy - self.writer.2) as f64 / 1e6 / wall,
+        }
+    }
 }
 
 /// Reads every customer's context and message log back.

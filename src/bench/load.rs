@@ -1,11 +1,18 @@
-//! The HTTP load generator: C tasks, each with its own keep-alive connection, sending the next
-//! body as soon as the last was answered (closed loop), recording each acknowledgement's latency.
+//! The HTTP load generator: C connections, each sending the next body as soon as the last was
+//! answered (closed loop), recording each acknowledgement's latency.
+//!
+//! It is deliberately lean, because it shares the machine with the server it measures: hyper's
+//! HTTP/1.1 connection API directly (no pool, no URL parsing, no redirect or proxy layers per
+//! request, unlike a full client), on its own single-threaded runtime and OS thread, so its
+//! tasks never queue behind the service's on the service's worker threads.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
 
 use super::{LoadFigures, Progress, percentile};
 
@@ -17,61 +24,55 @@ pub(crate) async fn drive(
     label: &str,
     progress: &Progress,
 ) -> LoadFigures {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let url = url.to_owned();
+    let label = label.to_owned();
+    let quiet = progress.quiet;
+    let spawned = std::thread::Builder::new()
+        .name("bench-load".into())
+        .spawn(move || {
+            let figures = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(run(&url, bodies, connections, &label, quiet)),
+                Err(_) => LoadFigures::failed(connections),
+            };
+            let _ = tx.send(figures);
+        });
+    if spawned.is_err() {
+        return LoadFigures::failed(connections);
+    }
+    rx.await
+        .unwrap_or_else(|_| LoadFigures::failed(connections))
+}
+
+async fn run(
+    url: &str,
+    bodies: Arc<Vec<Bytes>>,
+    connections: usize,
+    label: &str,
+    quiet: bool,
+) -> LoadFigures {
+    let connections = connections.max(1);
+    let Some((authority, path)) = split_url(url) else {
+        return LoadFigures::failed(connections);
+    };
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(connections);
-    for _ in 0..connections.max(1) {
-        let bodies = bodies.clone();
-        let next = next.clone();
-        let done = done.clone();
-        let url = url.to_owned();
+    for _ in 0..connections {
+        let (bodies, next, done) = (bodies.clone(), next.clone(), done.clone());
+        let (authority, path) = (authority.clone(), path.clone());
         tasks.push(tokio::spawn(async move {
-            // One client per task with one idle connection: the task's own keep-alive socket.
-            let client = match reqwest::Client::builder()
-                .http1_only()
-                .pool_max_idle_per_host(1)
-                .timeout(Duration::from_secs(30))
-                .build()
-            {
-                Ok(c) => c,
-                Err(_) => return (Vec::new(), 0usize),
-            };
-            let mut latencies = Vec::with_capacity(bodies.len() / 8 + 1);
-            let mut errors = 0;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else { break };
-                let sent = Instant::now();
-                let answered = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await;
-                let ok = match answered {
-                    Ok(response) => {
-                        let ok = response.status().is_success();
-                        // Read the (small) body so the connection is reused.
-                        let _ = response.bytes().await;
-                        ok
-                    }
-                    Err(_) => false,
-                };
-                latencies.push(sent.elapsed().as_micros() as u64);
-                if !ok {
-                    errors += 1;
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            (latencies, errors)
+            connection(&authority, &path, &bodies, &next, &done).await
         }));
     }
     let total = bodies.len();
     let reporter = {
         let done = done.clone();
         let label = label.to_owned();
-        let quiet = progress.quiet;
         tokio::spawn(async move {
             let mut last = 0;
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -108,6 +109,83 @@ pub(crate) async fn drive(
         p99_us: percentile(&latencies, 99.0),
         max_us: latencies.last().copied().unwrap_or(0),
     }
+}
+
+/// One keep-alive connection posting bodies until none are left. A connection that breaks is
+/// opened again; every body it could not post counts as an error.
+async fn connection(
+    authority: &str,
+    path: &str,
+    bodies: &[Bytes],
+    next: &AtomicUsize,
+    done: &AtomicUsize,
+) -> (Vec<u64>, usize) {
+    let mut latencies = Vec::with_capacity(bodies.len() / 8 + 1);
+    let mut errors = 0;
+    let mut sender = None;
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(body) = bodies.get(i) else { break };
+        let sent = Instant::now();
+        if sender.is_none() {
+            sender = open(authority).await;
+        }
+        let ok = match sender.as_mut() {
+            Some(s) => post(s, authority, path, body.clone()).await,
+            None => false,
+        };
+        latencies.push(sent.elapsed().as_micros() as u64);
+        if !ok {
+            errors += 1;
+            sender = None;
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    (latencies, errors)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn open(authority: &str) -> Option<Sender> {
+    let stream = tokio::net::TcpStream::connect(authority).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    Some(sender)
+}
+
+async fn post(sender: &mut Sender, authority: &str, path: &str, body: Bytes) -> bool {
+    if sender.ready().await.is_err() {
+        return false;
+    }
+    let Ok(request) = Request::post(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+    else {
+        return false;
+    };
+    match tokio::time::timeout(Duration::from_secs(30), sender.send_request(request)).await {
+        Ok(Ok(response)) => {
+            let ok = response.status().is_success();
+            // Read the (small) body so the connection can carry the next request.
+            ok && response.into_body().collect().await.is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// `http://host:port/path?query` → (`host:port`, `/path?query`); loopback HTTP only.
+fn split_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    Some((authority.to_owned(), path.to_owned()))
 }
 
 /// A bare axum server answering 200 to any POST as soon as its body is read, on a free

@@ -24,7 +24,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 pub use report::{
-    CallsReport, HandoffReport, IngestReport, LoadFigures, Report, StepFigures, Verification,
+    CallsReport, HandoffReport, IngestReport, LoadCost, LoadFigures, Report, StepFigures,
+    Verification,
 };
 
 /// What `handoff bench` runs and how hard.

@@ -32,6 +32,23 @@ pub struct LoadFigures {
     pub max_us: u64,
 }
 
+impl LoadFigures {
+    /// The load generator could not run at all (no thread, no runtime, a malformed URL).
+    pub(crate) fn failed(connections: usize) -> Self {
+        Self {
+            connections,
+            requests: 0,
+            errors: 0,
+            seconds: 0.0,
+            per_sec: 0.0,
+            p50_us: 0,
+            p95_us: 0,
+            p99_us: 0,
+            max_us: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestReport {
     /// Deliveries/s and acknowledgement latency (request sent → 200 received).
@@ -47,6 +64,20 @@ pub struct IngestReport {
     /// (each recorded once, none handled).
     pub ack_only: bool,
     pub verification: Verification,
+    /// What the process spent during the load (not the drain).
+    pub during_load: LoadCost,
+}
+
+/// CPU and the durable writer's batches over a load window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadCost {
+    /// Process CPU time (user + system) ÷ wall time: cores busy, load generator included.
+    pub cores_busy: f64,
+    /// Embedded group commits, the operations they carried, and the writer thread's busy share.
+    pub commits: u64,
+    pub operations: u64,
+    pub mean_batch: f64,
+    pub writer_busy: f64,
 }
 
 /// Read back from the service's own records, not from the load generator.
@@ -152,6 +183,16 @@ impl Report {
             if let Some(share) = i.share_of_baseline {
                 let _ = writeln!(out, "            {:.0}% of the baseline", share * 100.0);
             }
+            let c = &i.during_load;
+            let _ = writeln!(
+                out,
+                "            during the load: {:.2} cores busy; {} commits carrying {} operations (mean batch {:.1}), writer busy {:.0}%",
+                c.cores_busy,
+                c.commits,
+                c.operations,
+                c.mean_batch,
+                c.writer_busy * 100.0
+            );
             let v = &i.verification;
             if i.ack_only {
                 let _ = writeln!(

@@ -11,6 +11,7 @@
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -155,16 +156,56 @@ fn writer_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
                 continue;
             }
         };
+        let size = batch.len();
+        let started = std::time::Instant::now();
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(&txn)).collect();
         let committed = txn
             .commit()
             .map_err(|e| StoreError::unavailable(BACKEND, e));
+        // The serial stage every durable write passes through: how full its batches are and
+        // how long a batch holds the writer (operations + commit incl. the disk sync).
+        metrics::histogram!("handoff_embedded_commit_batch_size").record(size as f64);
+        metrics::histogram!("handoff_embedded_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
+        WRITER_TOTALS.record(size, started.elapsed());
         if let Err(err) = &committed {
             tracing::error!(error = %err, "embedded store commit failed");
         }
         for complete in completions {
             complete(committed.clone());
         }
+    }
+}
+
+/// Process-wide totals of every embedded writer's batches, for `handoff bench`'s report.
+#[derive(Debug, Default)]
+pub struct WriterTotals {
+    commits: AtomicU64,
+    operations: AtomicU64,
+    busy_micros: AtomicU64,
+}
+
+pub static WRITER_TOTALS: WriterTotals = WriterTotals {
+    commits: AtomicU64::new(0),
+    operations: AtomicU64::new(0),
+    busy_micros: AtomicU64::new(0),
+};
+
+impl WriterTotals {
+    fn record(&self, size: usize, busy: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.operations.fetch_add(size as u64, Ordering::Relaxed);
+        self.busy_micros
+            .fetch_add(busy.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// (commits, operations, microseconds the writer spent on batches) so far.
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.commits.load(Ordering::Relaxed),
+            self.operations.load(Ordering::Relaxed),
+            self.busy_micros.load(Ordering::Relaxed),
+        )
     }
 }
 

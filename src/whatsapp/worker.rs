@@ -17,8 +17,8 @@ use crate::agent::engine::{ToolHost, ToolOutcome, run_turn};
 use crate::agent::tools::ToolRequest;
 use crate::agent::{AgentInput, AgentRequest, ToolCall};
 use crate::domain::{
-    Channel, CustomerContext, Direction, InboundContent, InboundMedia, InboundMessage, MediaRecord, MessageRecord,
-    OutboundMessage, Role, StatusUpdate, Turn, WhatsAppProvider, WhatsAppSession,
+    Channel, CustomerContext, Direction, InboundContent, InboundMedia, InboundMessage, MediaRecord,
+    MessageRecord, OutboundMessage, Role, StatusUpdate, Turn, WhatsAppProvider, WhatsAppSession,
 };
 use crate::domain::{CustomerId, DeliveryStatus};
 use crate::handoff::tools::ConversationTools;
