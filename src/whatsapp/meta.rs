@@ -22,6 +22,8 @@ use crate::domain::{
     OutboundMessage, StatusUpdate, WhatsAppProvider,
 };
 
+pub mod templates;
+
 /// What one Meta notification item means for WhatsApp.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaEvent {

@@ -346,7 +346,7 @@ impl WhatsApp {
             self.download_media(media).await;
         }
         let max_turns = self.settings.transcript_max_turns;
-        let provider = self.provider;
+        let provider = self.route_of_number(m.business_number.as_deref()).provider;
         let (_, fresh) = self
             .contexts
             .update(&m.customer, |ctx| {
@@ -552,7 +552,9 @@ impl WhatsApp {
             Some(OptKeyword::Stop) => OPTED_OUT_REPLY.to_owned(),
             Some(OptKeyword::Start) => OPTED_IN_REPLY.to_owned(),
             None => {
-                let request = AgentRequest::new(context, Channel::Whatsapp, input);
+                let profile = self.planner.route(&context).profile;
+                let request =
+                    AgentRequest::new(context, Channel::Whatsapp, input).with_profile(profile);
                 let turn = match self.tools() {
                     Some(services) => {
                         let tools = ConversationTools::new(
