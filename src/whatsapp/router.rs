@@ -157,11 +157,14 @@ mod tests {
     use super::*;
     use crate::domain::WhatsAppProvider::{Acs, Meta};
 
+    /// Which lane sent, from which number.
+    type Sent = Arc<Mutex<Vec<(&'static str, Option<String>)>>>;
+
     /// Records which lane sent what, from which number.
     struct Recording {
         name: &'static str,
         provider: WhatsAppProvider,
-        sent: Arc<Mutex<Vec<(&'static str, Option<String>)>>>,
+        sent: Sent,
     }
 
     #[async_trait]
@@ -185,8 +188,6 @@ mod tests {
             profile: profile.map(str::to_owned),
         }
     }
-
-    type Sent = Arc<Mutex<Vec<(&'static str, Option<String>)>>>;
 
     fn both(default: WhatsAppProvider, default_number: &str) -> (ProviderRouter, Sent) {
         let sent: Sent = Arc::default();

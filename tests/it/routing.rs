@@ -76,10 +76,13 @@ fn count(m: &[Value], direction: &str) -> usize {
     m.iter().filter(|r| r["direction"] == direction).count()
 }
 
+/// (customer, profile) of each WhatsApp answer asked for.
+type Asked = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// The scripted agent, recording which profile each WhatsApp answer was asked for.
 #[derive(Clone, Default)]
 struct RecordingAgent {
-    asked: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    asked: Asked,
 }
 
 impl RecordingAgent {
