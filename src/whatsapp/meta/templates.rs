@@ -133,10 +133,10 @@ impl MetaTemplates {
             };
             let (failure, retry_after) = match this.bearer_auth(self.token.expose()).send().await {
                 Ok(r) if r.status().is_success() => {
-                    let body = r
-                        .bytes()
-                        .await
-                        .map_err(|e| SenderError::Unavailable(format!("template list: {e}")))?;
+                    // Without the URL: a `next` URL may carry a token in its query.
+                    let body = r.bytes().await.map_err(|e| {
+                        SenderError::Unavailable(format!("template list: {}", e.without_url()))
+                    })?;
                     return serde_json::from_slice(&body)
                         .map_err(|e| SenderError::Unavailable(format!("template list: {e}")));
                 }
