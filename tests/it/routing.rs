@@ -2,9 +2,11 @@
 //! business numbers of either provider, each reply leaves through the provider (and number) they
 //! wrote to, with the agent profile of that number; conversations we start go through the default
 //! provider; the handoff template of a call goes out through the caller's provider and its
-//! quick-reply payload brings the reply back to the handoff. Plus the template registry synced
-//! from Meta's `message_templates`, every page. Fakes at the wire: ACS (signed requests), the
-//! Graph API (bearer token), and ACS Call Automation for the calls.
+//! quick-reply payload brings the reply back to the handoff; inbound media and read receipts go
+//! through the provider (and number) a message arrived on, and one Meta token's health covers
+//! every Meta number. Plus the template registry synced from Meta's `message_templates`, every
+//! page. Fakes at the wire: ACS (signed requests), the Graph API (`support::fake_graph`: method,
+//! path, version, bearer token, body), and ACS Call Automation for the calls.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +25,7 @@ use sha2::Sha256;
 
 use crate::support::TestApp;
 use crate::support::acs_socket::AcsSocket;
-use crate::support::fake_graph::FakeGraph;
+use crate::support::fake_graph::{FakeGraph, Route};
 use crate::support::services::free_port;
 use crate::support::{fake_acs, fake_calling};
 use crate::voice::{incoming_event, ring, wait_context};
@@ -134,7 +136,7 @@ fn both_providers(s: &mut Settings, acs_endpoint: String, acs_key: &[u8], graph:
 #[tokio::test]
 async fn routing_each_reply_leaves_through_the_provider_and_profile_of_the_number_written_to() {
     let acs = fake_acs::FakeAcs::start().await;
-    let graph = FakeGraph::start(TOKEN).await;
+    let graph = FakeGraph::start(TOKEN, &[META_NUMBER, SECOND_META_NUMBER]).await;
     let agent = RecordingAgent::default();
     let (endpoint, g) = (acs.endpoint(), graph.clone());
     let app = TestApp::spawn_hooked(
@@ -219,6 +221,21 @@ async fn routing_each_reply_leaves_through_the_provider_and_profile_of_the_numbe
         ]
     );
 
+    // Each Meta message was marked read on the number it was written to; ACS has no receipts.
+    let mut receipts: Vec<(Option<String>, Value)> = graph
+        .on(Route::MarkRead)
+        .into_iter()
+        .map(|r| (r.number, r.body["message_id"].clone()))
+        .collect();
+    receipts.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        receipts,
+        [
+            (Some(META_NUMBER.to_owned()), json!("wamid.a")),
+            (Some(SECOND_META_NUMBER.to_owned()), json!("wamid.b")),
+        ]
+    );
+
     // Each number's profile answered there.
     assert_eq!(agent.profile_for(via_acs), [Some("support".to_owned())]);
     assert_eq!(agent.profile_for(via_meta), [Some("sales".to_owned())]);
@@ -257,8 +274,9 @@ async fn routing_each_reply_leaves_through_the_provider_and_profile_of_the_numbe
 
 #[tokio::test]
 async fn routing_meta_templates_are_synced_from_every_page_and_a_failed_sync_keeps_them() {
-    let graph = FakeGraph::start(TOKEN).await;
+    let graph = FakeGraph::start(TOKEN, &[META_NUMBER, SECOND_META_NUMBER]).await;
     graph.serve_templates(
+        WABA,
         vec![
             json!({"name": "conversation_continuation", "language": "en_US", "status": "APPROVED",
                 "category": "UTILITY", "id": "1", "components": [
@@ -349,6 +367,7 @@ async fn routing_meta_templates_are_synced_from_every_page_and_a_failed_sync_kee
     assert_eq!(status_of("promo"), Some(TemplateStatus::Paused));
     // A sync that succeeds replaces the list: a template deleted at Meta is gone.
     graph.serve_templates(
+        WABA,
         vec![
             json!({"name": "promo", "language": "en_US", "status": "APPROVED",
             "category": "MARKETING", "components": [{"type": "BODY", "text": "Deal for {{1}}"}]}),
@@ -370,7 +389,7 @@ struct Story {
 impl Story {
     async fn start() -> Self {
         let calling = fake_calling::FakeAcs::start().await;
-        let graph = FakeGraph::start(TOKEN).await;
+        let graph = FakeGraph::start(TOKEN, &[META_NUMBER, SECOND_META_NUMBER]).await;
         let port = free_port();
         let (endpoint, g) = (calling.endpoint(), graph.clone());
         let app = TestApp::spawn_with(move |s| {
@@ -544,4 +563,215 @@ async fn routing_handoff_template_for_a_new_whatsapp_customer_goes_out_through_t
         .handoff(phone, "resumed", |h| h.reached(Milestone::Resumed))
         .await;
     assert_eq!(resumed.id, handoff.id);
+}
+
+/// Both providers run (Meta the default, two Meta numbers). Each inbound message's media is
+/// fetched, and the message marked read, through the provider it arrived on: a Meta image on
+/// the second Meta number through Graph (resolve + download; the read receipt on that number),
+/// an ACS image through ACS (the signed stream download; ACS has no read receipt), even on an
+/// ACS channel no setting lists, where the number alone would point at the default (Meta).
+/// Every image is stored and recorded. Then one 190 on one Meta number fails readiness for
+/// all of them (one token), and a success on the other number clears it.
+#[tokio::test]
+async fn routing_inbound_media_and_read_receipts_go_through_the_provider_the_message_arrived_on() {
+    use handoff::domain::OutboundMessage;
+    use handoff::whatsapp::{Initiation, SenderError};
+
+    use crate::meta::{provider_check, readiness};
+    use crate::support::fake_graph::graph_error;
+
+    let acs = fake_acs::FakeAcs::start().await;
+    let graph = FakeGraph::start(TOKEN, &[META_NUMBER, SECOND_META_NUMBER]).await;
+    let meta_image = b"\xff\xd8 meta jpeg".as_slice();
+    let acs_image = b"\x89PNG acs image".as_slice();
+    let unlisted_image = b"\x89PNG from an unlisted channel".as_slice();
+    graph.serve_media("4490709327384033", meta_image, "image/jpeg");
+    acs.serve_media("acs-media-1", acs_image);
+    acs.serve_media("acs-media-2", unlisted_image);
+    let (endpoint, g) = (acs.endpoint(), graph.clone());
+    let app = TestApp::spawn_with(move |s| {
+        both_providers(s, endpoint, fake_acs::KEY, &g);
+        s.whatsapp.provider = Some(WhatsAppProvider::Meta);
+        s.whatsapp.numbers = vec![
+            number(WhatsAppProvider::Acs, CHANNEL, "support"),
+            number(WhatsAppProvider::Meta, META_NUMBER, "sales"),
+            number(WhatsAppProvider::Meta, SECOND_META_NUMBER, "billing"),
+        ];
+    })
+    .await;
+    assert_eq!(app.state.whatsapp.provider(), WhatsAppProvider::Meta);
+    // Meta runs: readiness reports the token (working).
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(
+        provider_check(&body),
+        json!({"name": "whatsapp_provider", "ok": true})
+    );
+
+    let on_meta = "+14255550122";
+    let on_acs = "+14254360097";
+    let on_unlisted = "+14255550166";
+    post_meta(
+        &app,
+        &meta_message(
+            SECOND_META_NUMBER,
+            "14255550122",
+            "wamid.img",
+            "image",
+            json!({"id": "4490709327384033", "mime_type": "image/jpeg"}),
+        ),
+    )
+    .await;
+    let acs_event = received(
+        "eg-img",
+        "acs-img",
+        json!({"messageType": "image", "media": {"mimeType": "image/png", "id": "acs-media-1"}}),
+    );
+    let mut unlisted_event = received(
+        "eg-img-2",
+        "acs-img-2",
+        json!({"messageType": "image", "from": "14255550166",
+            "media": {"mimeType": "image/png", "id": "acs-media-2"}}),
+    );
+    unlisted_event["data"]["to"] = json!("chan-unlisted");
+    assert_eq!(
+        deliver(&app, &json!([acs_event, unlisted_event]))
+            .await
+            .status(),
+        200
+    );
+    let replied = |m: &[Value]| count(m, "outbound") == 1;
+    let meta_log = eventually(&app, on_meta, "the Meta reply", replied).await;
+    let acs_log = eventually(&app, on_acs, "the ACS reply", replied).await;
+    let unlisted_log = eventually(&app, on_unlisted, "the reply", replied).await;
+
+    // Each image stored and recorded with what was downloaded.
+    let sha256 = |b: &[u8]| -> String {
+        <Sha256 as sha2::Digest>::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    };
+    for (log, id, bytes, mime) in [
+        (&meta_log, "4490709327384033", meta_image, "image/jpeg"),
+        (&acs_log, "acs-media-1", acs_image, "image/png"),
+        (&unlisted_log, "acs-media-2", unlisted_image, "image/png"),
+    ] {
+        let inbound = log.iter().find(|r| r["direction"] == "inbound").unwrap();
+        assert_eq!(
+            inbound["media"],
+            json!({"media_id": id, "available": true, "mime_type": mime,
+                "size_bytes": bytes.len(), "sha256": sha256(bytes)}),
+            "{id}"
+        );
+        let stored = app.state.whatsapp.stored_media(id).await.unwrap();
+        assert_eq!(stored.as_deref(), Some(bytes), "{id}");
+    }
+
+    // The Meta image went through Graph only: resolved, then downloaded with the token.
+    let resolves = graph.on(Route::Resolve);
+    assert_eq!(resolves.len(), 1, "{:#?}", graph.requests());
+    assert_eq!(resolves[0].path, "/v23.0/4490709327384033");
+    let downloads = graph.on(Route::Download);
+    assert_eq!(downloads.len(), 1, "{:#?}", graph.requests());
+    for r in resolves.iter().chain(&downloads) {
+        assert_eq!(r.method, "GET");
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some(&*format!("Bearer {TOKEN}"))
+        );
+    }
+    assert!(
+        graph.on(Route::Unexpected).is_empty(),
+        "no ACS media id reached Graph: {:#?}",
+        graph.requests()
+    );
+    // The ACS images went through ACS only, signed.
+    let streams: Vec<_> = acs
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/messages/streams/"))
+        .collect();
+    let mut paths: Vec<&str> = streams.iter().map(|r| r.path.as_str()).collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "/messages/streams/acs-media-1",
+            "/messages/streams/acs-media-2"
+        ]
+    );
+    for r in &streams {
+        assert_eq!(r.method, "GET");
+        assert!(r.signature_ok);
+        assert_eq!(r.api_version().as_deref(), Some("2024-08-30"));
+    }
+
+    // Read receipt (with typing) for the Meta message, on the number it was written to; none
+    // for the ACS messages.
+    let receipts = graph.on(Route::MarkRead);
+    assert_eq!(receipts.len(), 1, "{receipts:#?}");
+    assert_eq!(receipts[0].number.as_deref(), Some(SECOND_META_NUMBER));
+    assert_eq!(
+        receipts[0].body,
+        json!({"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.img",
+            "typing_indicator": {"type": "text"}})
+    );
+    // Replies: the Meta customer from the second Meta number, the ACS customer through ACS.
+    let meta_replies: Vec<_> = graph
+        .sends()
+        .into_iter()
+        .filter(|r| r.body["to"] == "14255550122")
+        .collect();
+    assert_eq!(meta_replies.len(), 1);
+    assert_eq!(meta_replies[0].number.as_deref(), Some(SECOND_META_NUMBER));
+    assert!(
+        acs.sends()
+            .iter()
+            .any(|s| s.json()["to"] == json!(["14254360097"])
+                && s.json()["channelRegistrationId"] == CHANNEL)
+    );
+
+    // One token for every Meta number: 190 on the second number's send fails readiness...
+    let customer = CustomerId::parse_phone(on_meta).unwrap();
+    graph.fail_with(401, 190, None);
+    let err = app
+        .state
+        .whatsapp
+        .send(&customer, OutboundMessage::text("hi"), Initiation::Reply)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SendError::Sender(SenderError::Rejected { code, .. }) if code == "190"),
+        "{err:?}"
+    );
+    graph.script(Route::Probe, 401, graph_error(190));
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 503, "{body:#}");
+    let reason = provider_check(&body)["error"].as_str().unwrap().to_owned();
+    assert_eq!(
+        reason.matches("Graph error 190").count(),
+        1,
+        "reported once for both Meta numbers: {reason}"
+    );
+    assert_eq!(graph.on(Route::Probe).len(), 1, "one probe for one token");
+    // ...and a successful call from the first number clears it for all.
+    let first = CustomerId::parse_phone("+14255550177").unwrap();
+    app.state
+        .whatsapp
+        .send_template(
+            &first,
+            "conversation_continuation",
+            vec!["Ada".into(), "your bill".into()],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        graph.sends().last().unwrap().number.as_deref(),
+        Some(META_NUMBER)
+    );
+    let (status, body) = readiness(&app).await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(graph.on(Route::Probe).len(), 1);
 }
