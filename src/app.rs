@@ -343,8 +343,27 @@ fn build_agent(
     http: &reqwest::Client,
     replacement: Option<Arc<dyn Agent>>,
 ) -> Result<crate::agent::openai::ModelPorts, StartupError> {
-    let model = crate::agent::openai::from_settings(&settings.agent, http.clone())
-        .map_err(|e| StartupError::Agent(e.to_string()))?;
+    // Read even for the scripted agent, so a broken file is found before a model is switched on.
+    let profiles = match &settings.agent.profiles_file {
+        Some(path) => crate::agent::prompts::load_profiles(path)
+            .map_err(|e| StartupError::Agent(format!("AGENT_PROFILES_FILE: {e}")))?,
+        None => crate::agent::prompts::Profiles::new(),
+    };
+    let model = !matches!(
+        settings.agent.backend,
+        crate::config::AgentBackend::Scripted
+    );
+    for number in &settings.whatsapp.numbers {
+        if let Some(profile) = &number.profile
+            && model
+            && !profiles.contains_key(profile)
+        {
+            tracing::warn!(business_number = %number.id, profile = %profile, "WHATSAPP_NUMBERS names an agent profile that AGENT_PROFILES_FILE does not define: the channel prompt alone answers there");
+        }
+    }
+    let model =
+        crate::agent::openai::from_settings_with_profiles(&settings.agent, http.clone(), profiles)
+            .map_err(|e| StartupError::Agent(e.to_string()))?;
     let (agent, summariser): crate::agent::openai::ModelPorts = match model {
         Some(ports) => ports,
         None => (

@@ -122,6 +122,21 @@ pub struct WhatsAppSettings {
     pub meta_graph_base_url: String,
     /// Graph API version, e.g. `v23.0`.
     pub meta_graph_version: String,
+    /// WhatsApp Business Account whose templates are synced from Meta (`META_WABA_ID`).
+    pub meta_waba_id: Option<String>,
+    /// Business numbers by provider, each with the agent profile that answers it
+    /// (`WHATSAPP_NUMBERS`), besides `ACS_WHATSAPP_CHANNEL_ID` and `META_PHONE_NUMBER_ID`.
+    pub numbers: Vec<BusinessNumber>,
+}
+
+/// One business number from `WHATSAPP_NUMBERS`: which provider owns it, and which agent
+/// profile answers the customers who write to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusinessNumber {
+    pub provider: crate::domain::WhatsAppProvider,
+    /// ACS channel registration id or Meta phone number id.
+    pub id: String,
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -170,6 +185,9 @@ pub enum AgentBackend {
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
     pub backend: AgentBackend,
+    /// JSON object of agent profile name → instructions (`AGENT_PROFILES_FILE`), read at
+    /// start-up by the model agent.
+    pub profiles_file: Option<PathBuf>,
     /// Upper bound on one model request (first token to last).
     pub request_timeout: Duration,
     /// Attempts for a model request that fails transiently.
@@ -354,7 +372,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "WHATSAPP_PROVIDER",
-        "`acs`, `meta` or `sandbox`; unset = the one configured (ACS: connection + channel id; Meta: token + phone number id), sandbox otherwise",
+        "`acs`, `meta` or `sandbox`: the provider of conversations we start; unset = the one configured (ACS: connection + channel id; Meta: token + phone number id; ACS when both), sandbox otherwise. With both configured both run, routed by business number",
     ),
     (
         "META_ACCESS_TOKEN",
@@ -369,6 +387,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "Graph API base URL (default https://graph.facebook.com)",
     ),
     ("META_GRAPH_VERSION", "Graph API version (default v23.0)"),
+    (
+        "META_WABA_ID",
+        "WhatsApp Business Account id: with META_ACCESS_TOKEN, the template registry is synced from its `message_templates` at start-up",
+    ),
+    (
+        "WHATSAPP_NUMBERS",
+        "business numbers and who answers them, e.g. `acs:<channel id>=support, meta:<phone number id>=sales` (`provider:number[=agent profile]`, comma-separated); replies leave through the provider owning the number the customer wrote to. ACS_WHATSAPP_CHANNEL_ID and META_PHONE_NUMBER_ID count as listed",
+    ),
     (
         "ACS_CALL_AUTOMATION_API_VERSION",
         "Call Automation api-version (default 2025-05-15)",
@@ -426,6 +452,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     (
         "AGENT_MAX_ATTEMPTS",
         "attempts for a transiently failing model request (default 3)",
+    ),
+    (
+        "AGENT_PROFILES_FILE",
+        "JSON object `{\"profile\": \"instructions\"}`: the model agent adds a number's profile instructions (WHATSAPP_NUMBERS) to its system prompt",
     ),
     (
         "QUEUE_WAIT_SECONDS",
@@ -580,6 +610,11 @@ impl Settings {
                 meta_graph_version: env
                     .string("META_GRAPH_VERSION")
                     .unwrap_or_else(|| "v23.0".into()),
+                meta_waba_id: env
+                    .string("META_WABA_ID")
+                    .map(|id| digits("META_WABA_ID", id))
+                    .transpose()?,
+                numbers: business_numbers(&env)?,
             },
             voice: VoiceSettings {
                 call_automation_api_version: env
@@ -712,6 +747,7 @@ fn agent_settings(env: &Env) -> Result<AgentSettings, ConfigError> {
     };
     Ok(AgentSettings {
         backend,
+        profiles_file: env.string("AGENT_PROFILES_FILE").map(PathBuf::from),
         request_timeout: env.seconds("AGENT_TIMEOUT_SECS", 20, 1)?,
         max_attempts: env.parse_min("AGENT_MAX_ATTEMPTS", 3, 1)?,
     })
@@ -807,6 +843,102 @@ fn acs_settings(env: &Env) -> Result<Option<AcsSettings>, ConfigError> {
             },
         })),
     }
+}
+
+/// Meta ids (phone number, business account) are digits.
+fn digits(var: &'static str, raw: String) -> Result<String, ConfigError> {
+    if raw.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(raw)
+    } else {
+        Err(ConfigError::new(var, format!("`{raw}` is not digits")))
+    }
+}
+
+/// `WHATSAPP_NUMBERS`: comma-separated `provider:number[=profile]` entries, e.g.
+/// `acs:0f0eb78e-…=support, meta:106540352242922=sales`. Provider names are case-insensitive;
+/// spaces around entries and parts are ignored, as is an empty entry (a trailing comma).
+/// `ACS_WHATSAPP_CHANNEL_ID` and `META_PHONE_NUMBER_ID` may be listed too (to give them a
+/// profile), under their own provider.
+fn business_numbers(env: &Env) -> Result<Vec<BusinessNumber>, ConfigError> {
+    use crate::domain::WhatsAppProvider;
+    const VAR: &str = "WHATSAPP_NUMBERS";
+    let Some(raw) = env.string(VAR) else {
+        return Ok(Vec::new());
+    };
+    let mut numbers: Vec<BusinessNumber> = Vec::new();
+    for (i, entry) in raw
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+    {
+        let bad =
+            |problem: &str| ConfigError::new(VAR, format!("entry {} `{entry}`: {problem}", i + 1));
+        let (route, profile) = match entry.split_once('=') {
+            Some((route, profile)) => (route.trim(), Some(profile.trim())),
+            None => (entry, None),
+        };
+        let (provider, id) = route
+            .split_once(':')
+            .map(|(p, n)| (p.trim(), n.trim()))
+            .ok_or_else(|| bad("is not provider:number[=profile]"))?;
+        let provider = match provider.to_ascii_lowercase().as_str() {
+            "acs" => WhatsAppProvider::Acs,
+            "meta" => WhatsAppProvider::Meta,
+            _ => return Err(bad(&format!("provider `{provider}` is not acs or meta"))),
+        };
+        if id.is_empty() {
+            return Err(bad("has no number"));
+        }
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(bad(
+                "the number may only have letters, digits, `-`, `_` and `.`",
+            ));
+        }
+        if provider == WhatsAppProvider::Meta && !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("a Meta phone number id is digits"));
+        }
+        let profile = match profile {
+            None => None,
+            Some("") => return Err(bad("has `=` but no profile")),
+            Some(p)
+                if p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                Some(p.to_owned())
+            }
+            Some(_) => {
+                return Err(bad(
+                    "the profile may only have letters, digits, `-` and `_`",
+                ));
+            }
+        };
+        if numbers.iter().any(|n| n.id == id) {
+            return Err(bad("the number is listed twice"));
+        }
+        let own = |var: &'static str, owner: WhatsAppProvider| match env.string(var) {
+            Some(configured) if configured == id && provider != owner => Err(bad(&format!(
+                "the number is {var}, which belongs to {}",
+                if owner == WhatsAppProvider::Acs {
+                    "acs"
+                } else {
+                    "meta"
+                }
+            ))),
+            _ => Ok(()),
+        };
+        own("ACS_WHATSAPP_CHANNEL_ID", WhatsAppProvider::Acs)?;
+        own("META_PHONE_NUMBER_ID", WhatsAppProvider::Meta)?;
+        numbers.push(BusinessNumber {
+            provider,
+            id: id.to_owned(),
+            profile,
+        });
+    }
+    Ok(numbers)
 }
 
 /// Checks that `raw` is an absolute URL with one of `schemes`; returns it without a trailing `/`.
@@ -953,6 +1085,89 @@ mod tests {
         let s = from(&[("COSMOS_ENDPOINT", "  "), ("PORT", "")]).unwrap();
         assert!(s.cosmos.is_none());
         assert_eq!(s.port, 8080);
+    }
+
+    #[test]
+    fn whatsapp_numbers_give_each_number_its_provider_and_profile() {
+        use crate::domain::WhatsAppProvider::{Acs, Meta};
+        let s = from(&[
+            (
+                "WHATSAPP_NUMBERS",
+                " acs:0f0eb78e-a576-1dfc-b414-0f0756de3338 = support ,META:106540352242922=sales,meta:555,",
+            ),
+            ("META_WABA_ID", "102290129340398"),
+        ])
+        .unwrap();
+        let number = |provider, id: &str, profile: Option<&str>| BusinessNumber {
+            provider,
+            id: id.into(),
+            profile: profile.map(str::to_owned),
+        };
+        assert_eq!(
+            s.whatsapp.numbers,
+            [
+                number(Acs, "0f0eb78e-a576-1dfc-b414-0f0756de3338", Some("support")),
+                number(Meta, "106540352242922", Some("sales")),
+                number(Meta, "555", None),
+            ]
+        );
+        assert_eq!(s.whatsapp.meta_waba_id.as_deref(), Some("102290129340398"));
+        assert!(from(&[]).unwrap().whatsapp.numbers.is_empty());
+        // The configured numbers may be listed under their own provider, for a profile.
+        let s = from(&[
+            ("META_PHONE_NUMBER_ID", "106540352242922"),
+            ("WHATSAPP_NUMBERS", "meta:106540352242922=sales"),
+        ])
+        .unwrap();
+        assert_eq!(s.whatsapp.numbers.len(), 1);
+    }
+
+    #[test]
+    fn whatsapp_numbers_errors_are_one_line_naming_the_variable_and_the_entry() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("WHATSAPP_NUMBERS", "acs:c1, 106540352242922")],
+                "entry 2 `106540352242922`: is not provider:number[=profile]",
+            ),
+            (
+                &[("WHATSAPP_NUMBERS", "twilio:1")],
+                "entry 1 `twilio:1`: provider `twilio` is not acs or meta",
+            ),
+            (&[("WHATSAPP_NUMBERS", "meta:")], "has no number"),
+            (
+                &[("WHATSAPP_NUMBERS", "meta:12a4")],
+                "a Meta phone number id is digits",
+            ),
+            (
+                &[("WHATSAPP_NUMBERS", "acs:c 1")],
+                "the number may only have",
+            ),
+            (&[("WHATSAPP_NUMBERS", "acs:c1=")], "has `=` but no profile"),
+            (
+                &[("WHATSAPP_NUMBERS", "acs:c1=sales team")],
+                "the profile may only have",
+            ),
+            (
+                &[("WHATSAPP_NUMBERS", "acs:c1=a, acs:c1=b")],
+                "entry 2 `acs:c1=b`: the number is listed twice",
+            ),
+            (
+                &[
+                    ("META_PHONE_NUMBER_ID", "123"),
+                    ("WHATSAPP_NUMBERS", "acs:123"),
+                ],
+                "the number is META_PHONE_NUMBER_ID, which belongs to meta",
+            ),
+        ];
+        for (env, problem) in cases {
+            let err = from(env).unwrap_err();
+            assert_eq!(err.var, "WHATSAPP_NUMBERS", "{env:?}");
+            assert!(err.problem.contains(problem), "{env:?}: {}", err.problem);
+            assert!(!err.to_string().contains('\n'));
+        }
+        let err = from(&[("META_WABA_ID", "waba-1")]).unwrap_err();
+        assert_eq!(err.var, "META_WABA_ID");
+        assert!(err.problem.contains("is not digits"));
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct AgentRequest {
     pub input: AgentInput,
     /// Results of the tool calls made earlier in this turn, in call order.
     pub tool_results: Vec<ToolResult>,
+    /// The agent profile that answers (the business number's, from `WHATSAPP_NUMBERS`): a
+    /// model agent adds that profile's instructions (`AGENT_PROFILES_FILE`) to its system
+    /// prompt. `None`: the channel's prompt alone.
+    pub profile: Option<String>,
 }
 
 impl AgentRequest {
@@ -55,7 +59,13 @@ impl AgentRequest {
             channel,
             input,
             tool_results: Vec::new(),
+            profile: None,
         }
+    }
+
+    pub fn with_profile(mut self, profile: Option<String>) -> Self {
+        self.profile = profile;
+        self
     }
 }
 

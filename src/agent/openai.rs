@@ -63,15 +63,31 @@ pub enum OpenAiSetupError {
     InvalidKey,
     #[error("managed identity for Azure OpenAI: {0}")]
     Identity(String),
+    #[error("AGENT_PROFILES_FILE: {0}")]
+    Profiles(String),
 }
 
 /// The two ports an OpenAI backend provides.
 pub type ModelPorts = (Arc<dyn Agent>, Arc<dyn Summariser>);
 
-/// Builds the agent and summariser for an OpenAI backend; `None` for the scripted agent.
+/// Builds the agent and summariser for an OpenAI backend; `None` for the scripted agent. The
+/// profiles of `AGENT_PROFILES_FILE` are read here.
 pub fn from_settings(
     settings: &AgentSettings,
     http: reqwest::Client,
+) -> Result<Option<ModelPorts>, OpenAiSetupError> {
+    let profiles = match &settings.profiles_file {
+        Some(path) => prompts::load_profiles(path).map_err(OpenAiSetupError::Profiles)?,
+        None => prompts::Profiles::new(),
+    };
+    from_settings_with_profiles(settings, http, profiles)
+}
+
+/// [`from_settings`] with the profiles already read.
+pub fn from_settings_with_profiles(
+    settings: &AgentSettings,
+    http: reqwest::Client,
+    profiles: prompts::Profiles,
 ) -> Result<Option<ModelPorts>, OpenAiSetupError> {
     let backend = match &settings.backend {
         AgentBackend::Scripted => return Ok(None),
@@ -110,9 +126,7 @@ pub fn from_settings(
     };
     let backend = Arc::new(backend);
     Ok(Some((
-        Arc::new(OpenAiAgent {
-            backend: backend.clone(),
-        }),
+        Arc::new(OpenAiAgent::new(backend.clone()).with_profiles(profiles)),
         Arc::new(OpenAiSummariser {
             backend,
             max_chars: SUMMARY_MAX_CHARS,
@@ -483,11 +497,21 @@ fn classify(error: &Attempt, seen: Option<Seen>) -> Verdict {
 #[derive(Clone)]
 pub struct OpenAiAgent {
     backend: Arc<Backend>,
+    profiles: Arc<prompts::Profiles>,
 }
 
 impl OpenAiAgent {
     pub fn new(backend: Arc<Backend>) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            profiles: Arc::default(),
+        }
+    }
+
+    /// The agent profiles whose instructions join the system prompt of a request naming one.
+    pub fn with_profiles(mut self, profiles: prompts::Profiles) -> Self {
+        self.profiles = Arc::new(profiles);
+        self
     }
 }
 
@@ -495,7 +519,7 @@ impl Agent for OpenAiAgent {
     fn respond(&self, request: AgentRequest) -> BoxStream<'static, Result<AgentEvent, AgentError>> {
         let turn = Turn {
             deadline: Instant::now() + self.backend.timeout,
-            body: chat_request(&self.backend.model, &request),
+            body: chat_request(&self.backend.model, &self.profiles, &request),
             backend: self.backend.clone(),
             phase: Phase::Connect,
         };
@@ -697,10 +721,19 @@ fn assistant(text: impl Into<String>) -> ChatCompletionRequestMessage {
     })
 }
 
-/// The chat request for an agent turn: prompt, context, history, input, then the tool rounds.
-fn chat_request(model: &str, request: &AgentRequest) -> CreateChatCompletionRequest {
+/// The chat request for an agent turn: prompt (with the profile's instructions), context,
+/// history, input, then the tool rounds.
+fn chat_request(
+    model: &str,
+    profiles: &prompts::Profiles,
+    request: &AgentRequest,
+) -> CreateChatCompletionRequest {
     let prompt = prompts::build(request);
-    let mut messages = vec![system(prompt.system), system(prompt.context)];
+    let mut messages = vec![system(prompt.system)];
+    if let Some(instructions) = prompts::profile_instructions(profiles, request) {
+        messages.push(system(instructions));
+    }
+    messages.push(system(prompt.context));
     for (speaker, text) in prompt.history {
         messages.push(match speaker {
             Speaker::Customer => user(text),

@@ -82,6 +82,40 @@ pub struct Prompt {
     pub input: String,
 }
 
+/// Agent profiles by name (`AGENT_PROFILES_FILE`): what the model is told besides the channel's
+/// prompt when it answers a business number that names the profile (`WHATSAPP_NUMBERS`), e.g.
+/// `{"sales": "You answer for the sales team: …", "support": "…"}`.
+pub type Profiles = std::collections::BTreeMap<String, String>;
+
+/// Reads `AGENT_PROFILES_FILE`: a JSON object of profile name → instructions (non-empty).
+pub fn load_profiles(path: &std::path::Path) -> Result<Profiles, String> {
+    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let profiles: Profiles = serde_json::from_slice(&raw).map_err(|e| {
+        format!(
+            "{}: not a JSON object of profile name to instructions: {e}",
+            path.display()
+        )
+    })?;
+    if let Some((name, _)) = profiles.iter().find(|(_, text)| text.trim().is_empty()) {
+        return Err(format!(
+            "{}: profile `{name}` has no instructions",
+            path.display()
+        ));
+    }
+    Ok(profiles)
+}
+
+/// The profile's instructions for this request, as a second system message; `None` when the
+/// request names no profile or one that is not defined (the channel prompt alone then).
+pub fn profile_instructions(profiles: &Profiles, request: &AgentRequest) -> Option<String> {
+    let name = request.profile.as_deref()?;
+    let text = profiles.get(name)?;
+    Some(format!(
+        "You answer for the \"{name}\" team on this WhatsApp number. Its instructions:\n{}",
+        text.trim()
+    ))
+}
+
 pub fn system_prompt(channel: Channel) -> &'static str {
     match channel {
         Channel::Voice => VOICE_PROMPT,
@@ -269,6 +303,44 @@ mod tests {
             "[call] call me on [customer's number]"
         );
         assert!(!prompt.context.contains("4255550123"), "{}", prompt.context);
+    }
+
+    #[test]
+    fn a_profile_adds_its_instructions_and_an_unknown_one_adds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("profiles.json");
+        std::fs::write(
+            &path,
+            r#"{"sales": "Offer the spring plan.", "support": "Fix outages first."}"#,
+        )
+        .unwrap();
+        let profiles = load_profiles(&path).unwrap();
+        let request = |profile: Option<&str>| {
+            AgentRequest::new(
+                ctx(),
+                Channel::Whatsapp,
+                AgentInput::Text { text: "hi".into() },
+            )
+            .with_profile(profile.map(str::to_owned))
+        };
+        let sales = profile_instructions(&profiles, &request(Some("sales"))).unwrap();
+        assert!(sales.contains("\"sales\" team"), "{sales}");
+        assert!(sales.ends_with("Offer the spring plan."), "{sales}");
+        assert_eq!(
+            profile_instructions(&profiles, &request(Some("billing"))),
+            None
+        );
+        assert_eq!(profile_instructions(&profiles, &request(None)), None);
+
+        for (content, problem) in [
+            ("[1, 2]", "not a JSON object"),
+            (r#"{"sales": "  "}"#, "profile `sales` has no instructions"),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            let err = load_profiles(&path).unwrap_err();
+            assert!(err.contains(problem), "{err}");
+        }
+        assert!(load_profiles(&dir.path().join("missing.json")).is_err());
     }
 
     #[test]

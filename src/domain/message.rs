@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::CustomerId;
+use super::{CustomerId, WhatsAppProvider};
 
 /// A message a customer sent us on WhatsApp.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,9 +18,14 @@ pub struct InboundMessage {
     pub wa_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bsuid: Option<String>,
-    /// The business number (ACS channel registration id) the customer wrote to.
+    /// The business number the customer wrote to (ACS channel registration id, Meta phone
+    /// number id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub business_number: Option<String>,
+    /// The provider it arrived through (`None` in inbox entries recorded before this was kept:
+    /// the owner of `business_number` is assumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<WhatsAppProvider>,
     pub received_at: DateTime<Utc>,
     pub content: InboundContent,
     /// The customer's WhatsApp profile name, when the provider sent it (Meta `contacts[]`).

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::WhatsAppProvider;
 use super::outbound::TemplateMessage;
 
 /// The template the handoff sends: {{1}} the customer's name, {{2}} the call summary.
@@ -31,6 +32,8 @@ pub enum TemplateStatus {
     Pending,
     Rejected,
     Paused,
+    /// Disabled, deleted, archived, or any other state the provider does not send in.
+    Disabled,
     /// Declared locally and not (yet) confirmed by the provider.
     Unknown,
 }
@@ -40,6 +43,9 @@ pub enum TemplateStatus {
 pub enum TemplateButton {
     QuickReply,
     Url,
+    /// Any other kind (phone number, copy code, flow, …): it takes no quick-reply payload but
+    /// keeps its position among the buttons.
+    Other,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,7 +159,10 @@ impl TemplateRegistry {
             })?;
         if matches!(
             spec.status,
-            TemplateStatus::Rejected | TemplateStatus::Paused | TemplateStatus::Pending
+            TemplateStatus::Rejected
+                | TemplateStatus::Paused
+                | TemplateStatus::Pending
+                | TemplateStatus::Disabled
         ) {
             return Err(TemplateError::NotApproved {
                 name: name.into(),
@@ -189,6 +198,41 @@ impl TemplateRegistry {
             quick_replies,
             idempotency: None,
         })
+    }
+}
+
+/// The templates the service sends from: those declared locally (built-in and
+/// `WHATSAPP_TEMPLATES_FILE`), overlaid per provider by that provider's own template list, so
+/// that during a migration each provider is checked against what it really has.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateCatalog {
+    local: TemplateRegistry,
+    synced: BTreeMap<WhatsAppProvider, TemplateRegistry>,
+}
+
+impl TemplateCatalog {
+    pub fn new(local: TemplateRegistry) -> Self {
+        Self {
+            local,
+            synced: BTreeMap::new(),
+        }
+    }
+
+    /// What `provider`'s template list said, in full: replaces its previous list (a template
+    /// deleted at the provider disappears). A failed sync does not call this.
+    pub fn replace(&mut self, provider: WhatsAppProvider, specs: Vec<TemplateSpec>) {
+        let mut registry = TemplateRegistry::default();
+        specs.into_iter().for_each(|s| registry.insert(s));
+        self.synced.insert(provider, registry);
+    }
+
+    /// The registry `provider` sends from: local templates, overlaid by its synced ones.
+    pub fn for_provider(&self, provider: WhatsAppProvider) -> TemplateRegistry {
+        let mut view = self.local.clone();
+        if let Some(synced) = self.synced.get(&provider) {
+            synced.all().cloned().for_each(|s| view.insert(s));
+        }
+        view
     }
 }
 
@@ -246,6 +290,53 @@ mod tests {
             ),
             Err(TemplateError::ButtonCount { .. })
         ));
+    }
+
+    #[test]
+    fn each_provider_sends_from_its_own_synced_list_over_the_local_one() {
+        let spec = |name: &str, status| TemplateSpec {
+            name: name.into(),
+            language: "en_US".into(),
+            category: TemplateCategory::Utility,
+            body_parameters: 1,
+            buttons: vec![],
+            status,
+        };
+        let mut catalog = TemplateCatalog::new(TemplateRegistry::with_builtin("en_US"));
+        catalog.replace(
+            WhatsAppProvider::Meta,
+            vec![
+                spec(CONVERSATION_CONTINUATION, TemplateStatus::Disabled),
+                spec("order_update", TemplateStatus::Approved),
+            ],
+        );
+        let meta = catalog.for_provider(WhatsAppProvider::Meta);
+        assert!(matches!(
+            meta.build(CONVERSATION_CONTINUATION, "en_US", vec!["a".into()], vec![]),
+            Err(TemplateError::NotApproved {
+                status: TemplateStatus::Disabled,
+                ..
+            })
+        ));
+        assert!(
+            meta.build("order_update", "en_US", vec!["a".into()], vec![])
+                .is_ok()
+        );
+        // ACS has not synced: the local declaration stands, and Meta's list is not its own.
+        let acs = catalog.for_provider(WhatsAppProvider::Acs);
+        assert_eq!(
+            acs.get(CONVERSATION_CONTINUATION, "en_US").unwrap().status,
+            TemplateStatus::Unknown
+        );
+        assert!(acs.get("order_update", "en_US").is_none());
+        // A later list replaces the earlier one.
+        catalog.replace(WhatsAppProvider::Meta, vec![]);
+        assert!(
+            catalog
+                .for_provider(WhatsAppProvider::Meta)
+                .get("order_update", "en_US")
+                .is_none()
+        );
     }
 
     #[test]

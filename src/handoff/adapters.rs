@@ -27,10 +27,10 @@ impl ContinuationSender for WhatsAppContinuation {
             .ok_or_else(|| SendRefusal::Unavailable("the service is shutting down".into()))?;
         // The payload rides the template's quick-reply button; without one there is nowhere to
         // put it (the reply is then correlated by customer).
-        let payload = request
-            .button_payload
-            .clone()
-            .filter(|_| whatsapp.quick_reply_buttons(&request.template) > 0);
+        let buttons = whatsapp
+            .quick_reply_buttons(&request.customer, &request.template)
+            .await;
+        let payload = request.button_payload.clone().filter(|_| buttons > 0);
         let once = crate::domain::outbound::Idempotency {
             key: request.idempotency_key.clone(),
             first_sent: request.first_sent,

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{FetchedMedia, Recipient, SenderError, WhatsAppSender};
+use super::{FetchedMedia, Recipient, Route, SenderError, WhatsAppSender};
 use crate::acs::{AcsClient, AcsError, AcsRequest, Retry};
 use crate::domain::outbound::InteractiveAction;
 use crate::domain::template::{TemplateButton, TemplateCategory, TemplateSpec, TemplateStatus};
@@ -247,6 +247,7 @@ fn parse_received(event: &GridEvent) -> Result<InboundMessage, EventError> {
         wa_id: from,
         bsuid,
         business_number: non_empty(d.to),
+        provider: Some(WhatsAppProvider::Acs),
         received_at: timestamp(d.received_timestamp.as_deref(), event.time),
         content,
         display_name: None,
@@ -601,7 +602,11 @@ impl WhatsAppSender for AcsSender {
 
     /// One more try after 401/404: the stream may not be ready yet (transient failures are
     /// already retried by the client).
-    async fn download_media(&self, media: &InboundMedia) -> Result<FetchedMedia, SenderError> {
+    async fn download_media(
+        &self,
+        _via: &Route,
+        media: &InboundMedia,
+    ) -> Result<FetchedMedia, SenderError> {
         // The id comes from outside and becomes a signed request path.
         let id = media.media_id.trim();
         if id.is_empty()

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::{FetchedMedia, Recipient, SenderError, WhatsAppSender};
+use super::{FetchedMedia, Recipient, Route, SenderError, WhatsAppSender};
 use crate::acs::RetryPolicy;
 use crate::config::Secret;
 use crate::domain::outbound::InteractiveAction;
@@ -24,6 +24,8 @@ use crate::domain::{
     ConversationInfo, CustomerId, DeliveryStatus, InboundContent, InboundMedia, InboundMessage,
     MediaKind, OutboundMessage, Pricing, StatusUpdate, WhatsAppProvider,
 };
+
+pub mod templates;
 
 /// What one Meta notification item means for WhatsApp.
 #[derive(Debug, Clone, PartialEq)]
@@ -417,6 +419,7 @@ fn parse_message(raw: &Value, contacts: &[Contact], business_number: Option<&Str
         wa_id,
         bsuid,
         business_number: business_number.cloned(),
+        provider: Some(WhatsAppProvider::Meta),
         received_at: unix_seconds(m.timestamp.as_ref()),
         content,
         display_name: contact
@@ -863,6 +866,13 @@ impl MetaSender {
         }
     }
 
+    /// Shares `health` with this sender: every Meta number runs on the one `META_ACCESS_TOKEN`,
+    /// so one sender's 190 (or success) is every sender's, and the webhook's.
+    pub fn with_token_health(mut self, health: Arc<TokenHealth>) -> Self {
+        self.health = health;
+        self
+    }
+
     /// The token's state, shared with the webhook (190 in `statuses[].errors`) and readiness.
     pub fn token_health(&self) -> Arc<TokenHealth> {
         self.health.clone()
@@ -1082,7 +1092,11 @@ impl WhatsAppSender for MetaSender {
 
     /// Resolves the media id, downloads the URL at once; on 401/404 (the URL expired or is
     /// not ready) resolves once more and downloads once more.
-    async fn download_media(&self, media: &InboundMedia) -> Result<FetchedMedia, SenderError> {
+    async fn download_media(
+        &self,
+        _via: &Route,
+        media: &InboundMedia,
+    ) -> Result<FetchedMedia, SenderError> {
         let id = graph_media_id(&media.media_id)
             .ok_or_else(|| SenderError::Unavailable("media id is not a Graph id".into()))?;
         let mut info = self.resolve_media(id).await?;
@@ -1100,7 +1114,7 @@ impl WhatsAppSender for MetaSender {
         })
     }
 
-    async fn mark_read(&self, message_id: &str) -> Result<(), SenderError> {
+    async fn mark_read(&self, _via: &Route, message_id: &str) -> Result<(), SenderError> {
         MetaSender::mark_read(self, message_id).await
     }
 

@@ -3,7 +3,10 @@
 //! updates the shared context and answers through the agent; every send goes through the
 //! planner. Providers sit behind [`WhatsAppSender`] (send, inbound media download, read
 //! receipts, readiness): ACS Advanced Messaging ([`acs`]), the Meta Cloud API ([`meta`]) or the
-//! offline [`sandbox`]. Nothing after the webhook knows which provider it is.
+//! offline [`sandbox`]; ACS and Meta may run side by side, and the [`router`] sends each message
+//! through the provider owning the customer's business number and fetches media and marks
+//! messages read through the provider a message arrived on. Nothing after the webhook knows
+//! which provider it is.
 //!
 //! The plain async API the rest of the service calls: [`WhatsApp::ingest`] (webhook),
 //! [`WhatsApp::send`], [`WhatsApp::send_template`] (the handoff saga), [`WhatsApp::messages`].
@@ -11,6 +14,7 @@
 pub mod acs;
 pub mod meta;
 pub mod planner;
+pub mod router;
 pub mod sandbox;
 mod worker;
 
@@ -24,7 +28,8 @@ use tokio::sync::mpsc;
 use crate::agent::Agent;
 use crate::config::Settings;
 use crate::domain::template::{
-    CONVERSATION_CONTINUATION, TemplateRegistry, TemplateSpec, TemplateStatus,
+    CONVERSATION_CONTINUATION, TemplateButton, TemplateCatalog, TemplateRegistry, TemplateSpec,
+    TemplateStatus,
 };
 use crate::domain::{
     CustomerId, InboundContent, InboundMedia, MessageRecord, OutboundMessage, StatusUpdate,
@@ -37,13 +42,14 @@ use crate::store::messages::MessageLog;
 use crate::store::{Claim, ClaimStore, Contexts, StoreError};
 
 pub use planner::{Initiation, SendError, SendPlanner, SentMessage};
+pub use router::{ProviderRouter, Route};
 
 /// Who a message goes to, as the provider addresses them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
     /// WhatsApp id (digits, no `+`) or business-scoped user id.
     pub address: String,
-    /// ACS channel registration id the message leaves from.
+    /// The business number it leaves from (ACS channel registration id, Meta phone number id).
     pub business_number: Option<String>,
 }
 
@@ -77,14 +83,21 @@ pub trait WhatsAppSender: Send + Sync + 'static {
     fn provider(&self) -> WhatsAppProvider;
     /// Sends one message; returns the provider's message id.
     async fn send(&self, to: &Recipient, message: &OutboundMessage) -> Result<String, SenderError>;
-    /// Fetches an inbound media item now: provider links expire within minutes. A provider that
+    /// Fetches an inbound media item now: provider links expire within minutes. `via` is where
+    /// the message arrived (its provider and business number): the router picks the provider
+    /// (and Meta number) by it; a provider's own sender is already that one. A provider that
     /// cannot fetch media (the sandbox) answers `NotConfigured`.
-    async fn download_media(&self, _media: &InboundMedia) -> Result<FetchedMedia, SenderError> {
+    async fn download_media(
+        &self,
+        _via: &Route,
+        _media: &InboundMedia,
+    ) -> Result<FetchedMedia, SenderError> {
         Err(SenderError::NotConfigured("inbound media download"))
     }
-    /// Shows the customer that their message was read and an answer is being typed, where the
-    /// provider can (Meta). Best effort: callers log a failure and carry on. Default: nothing.
-    async fn mark_read(&self, _message_id: &str) -> Result<(), SenderError> {
+    /// Shows the customer that their message `message_id`, which arrived `via` a provider and
+    /// business number, was read and an answer is being typed, where the provider can (Meta).
+    /// Best effort: callers log a failure and carry on. Default: nothing.
+    async fn mark_read(&self, _via: &Route, _message_id: &str) -> Result<(), SenderError> {
         Ok(())
     }
     /// The provider's own part of readiness (Meta: the access token works); `None` when it
@@ -140,13 +153,17 @@ pub struct WhatsApp {
     agent: Arc<dyn Agent>,
     planner: SendPlanner,
     provider: WhatsAppProvider,
-    /// The provider in use (the planner sends through it too): media, read receipts, readiness.
-    sender: Arc<dyn WhatsAppSender>,
-    /// The Meta access token's health; 190 in a webhook marks it expired as well.
+    /// The router over the running providers (the planner sends through it too): inbound
+    /// media, read receipts (through the provider a message arrived on), readiness (all).
+    sender: Arc<ProviderRouter>,
+    /// The Meta access token's health, shared by every Meta sender (one token for all Meta
+    /// numbers); 190 in a webhook marks it expired as well.
     meta_token: Arc<meta::TokenHealth>,
     acs: Option<Arc<acs::AcsSender>>,
+    /// Meta's template list, when `META_WABA_ID` and a token are configured.
+    meta_templates: Option<meta::templates::MetaTemplates>,
     sandbox: Option<Arc<sandbox::SandboxSender>>,
-    templates: RwLock<TemplateRegistry>,
+    templates: RwLock<TemplateCatalog>,
     dispatcher: worker::Dispatcher,
     /// The agent's tools and the handoff saga; set once at start-up (the saga needs this
     /// service to send its template, so it is built after it).
@@ -159,36 +176,15 @@ impl WhatsApp {
     pub fn new(settings: Arc<Settings>, ports: WhatsAppPorts) -> Arc<Self> {
         let wa = &settings.whatsapp;
         let (status_tx, status_rx) = mpsc::unbounded_channel();
-        let choice = choose_provider(&settings, ports.acs.is_some());
-        let mut meta_token = Arc::new(meta::TokenHealth::default());
-        let (sender, acs, sandbox): (Arc<dyn WhatsAppSender>, _, _) = match (choice, ports.acs) {
-            (WhatsAppProvider::Acs, Some(client)) => {
-                let s = Arc::new(acs::AcsSender::new(
-                    client,
-                    &wa.acs_api_version,
-                    &wa.acs_preview_api_version,
-                ));
-                (s.clone(), Some(s), None)
-            }
-            (WhatsAppProvider::Meta, _)
-                if let (Some(token), Some(number)) =
-                    (&wa.meta_access_token, &wa.meta_phone_number_id) =>
-            {
-                let s = Arc::new(meta::MetaSender::new(
-                    &wa.meta_graph_base_url,
-                    &wa.meta_graph_version,
-                    number,
-                    token.clone(),
-                ));
-                meta_token = s.token_health();
-                (s, None, None)
-            }
-            _ => {
-                let s = Arc::new(sandbox::SandboxSender::new(status_tx));
-                (s.clone(), None, Some(s))
-            }
-        };
-        let provider = sender.provider();
+        let Providers {
+            router,
+            acs,
+            sandbox,
+            meta_templates,
+            meta_token,
+        } = build_providers(&settings, ports.acs, status_tx);
+        let provider = router.default_provider();
+        let sender = Arc::new(router);
         let planner = SendPlanner::new(
             sender.clone(),
             ports.contexts.clone(),
@@ -197,13 +193,9 @@ impl WhatsApp {
                 window_margin: wa.window_safety_margin,
                 send_rate_per_sec: wa.send_rate_per_sec,
                 recipient_min_interval: wa.recipient_min_interval,
-                default_business_number: match provider {
-                    WhatsAppProvider::Meta => wa.meta_phone_number_id.clone(),
-                    _ => wa.acs_channel_id.clone(),
-                },
             },
         );
-        let templates = RwLock::new(load_templates(&settings));
+        let templates = RwLock::new(TemplateCatalog::new(load_templates(&settings)));
         Arc::new(Self {
             contexts: ports.contexts,
             inbox: ports.inbox,
@@ -216,6 +208,7 @@ impl WhatsApp {
             sender,
             meta_token,
             acs,
+            meta_templates,
             sandbox,
             templates,
             dispatcher: worker::Dispatcher::default(),
@@ -226,6 +219,7 @@ impl WhatsApp {
         })
     }
 
+    /// The provider of conversations we start (`WHATSAPP_PROVIDER`, or the one configured).
     pub fn provider(&self) -> WhatsAppProvider {
         self.provider
     }
@@ -456,15 +450,14 @@ impl WhatsApp {
         button_payload: Option<String>,
         idempotency: Option<crate::domain::outbound::Idempotency>,
     ) -> Result<SentMessage, SendError> {
-        let mut message = {
-            let registry = self.templates.read().unwrap_or_else(|p| p.into_inner());
-            registry.build(
-                name,
-                &self.settings.whatsapp.template_language,
-                params,
-                button_payload.into_iter().collect(),
-            )?
-        };
+        // Checked against the templates of the provider this customer's messages leave through.
+        let provider = self.planner.route_for(customer).await?.provider;
+        let mut message = self.registry(provider).build(
+            name,
+            &self.settings.whatsapp.template_language,
+            params,
+            button_payload.into_iter().collect(),
+        )?;
         message.idempotency = idempotency;
         let mut sent = self
             .planner
@@ -519,82 +512,285 @@ impl WhatsApp {
         self.sandbox.as_ref().map(|s| s.records())
     }
 
-    /// How many quick-reply buttons the registered template `name` (in the configured language)
-    /// has; 0 when it is unknown.
-    pub fn quick_reply_buttons(&self, name: &str) -> usize {
-        let registry = self.templates.read().unwrap_or_else(|p| p.into_inner());
-        registry
+    /// How many quick-reply buttons the template `name` (in the configured language) has where
+    /// messages to `customer` leave from; 0 when it is unknown there.
+    pub async fn quick_reply_buttons(&self, customer: &CustomerId, name: &str) -> usize {
+        let provider = match self.planner.route_for(customer).await {
+            Ok(route) => route.provider,
+            Err(_) => self.provider,
+        };
+        self.registry(provider)
             .get(name, &self.settings.whatsapp.template_language)
             .map(|spec| {
                 spec.buttons
                     .iter()
-                    .filter(|b| **b == crate::domain::template::TemplateButton::QuickReply)
+                    .filter(|b| **b == TemplateButton::QuickReply)
                     .count()
             })
             .unwrap_or(0)
     }
 
-    pub fn templates(&self) -> Vec<TemplateSpec> {
+    fn registry(&self, provider: WhatsAppProvider) -> TemplateRegistry {
         self.templates
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .all()
-            .cloned()
-            .collect()
+            .for_provider(provider)
     }
 
-    /// Refreshes the registry from the provider's template list and checks that
-    /// `conversation_continuation` exists and is approved (warns when not).
+    /// The templates of the default provider.
+    pub fn templates(&self) -> Vec<TemplateSpec> {
+        self.templates_of(self.provider)
+    }
+
+    /// The templates `provider` sends from: local ones overlaid by its synced list.
+    pub fn templates_of(&self, provider: WhatsAppProvider) -> Vec<TemplateSpec> {
+        self.registry(provider).all().cloned().collect()
+    }
+
+    /// Where messages to `customer` leave from and which agent profile answers them.
+    pub async fn route(&self, customer: &CustomerId) -> Result<Route, SendError> {
+        self.planner.route_for(customer).await
+    }
+
+    /// Where an inbound message arrived: the provider it came through and the business number
+    /// it was written to (its media and read receipt go through that provider and number).
+    pub fn route_of_message(&self, m: &crate::domain::InboundMessage) -> Route {
+        self.sender
+            .route_inbound(m.provider, m.business_number.as_deref())
+    }
+
+    /// Refreshes each provider's templates from its template list (ACS: the channel's list;
+    /// Meta: the WhatsApp Business Account's `message_templates`) and checks that
+    /// `conversation_continuation` exists and is approved for every running provider (warns
+    /// when not). A list that cannot be read keeps what was known before.
     pub async fn refresh_templates(&self) {
-        let (Some(acs), Some(channel)) = (&self.acs, &self.settings.whatsapp.acs_channel_id) else {
-            return;
-        };
-        match acs.list_templates(channel).await {
-            Ok(specs) => {
-                let mut registry = self.templates.write().unwrap_or_else(|p| p.into_inner());
-                let n = specs.len();
-                for spec in specs {
-                    registry.insert(spec);
-                }
-                tracing::info!(templates = n, "whatsapp templates refreshed from ACS");
+        let acs_channel = self.settings.whatsapp.acs_channel_id.clone().or_else(|| {
+            self.settings
+                .whatsapp
+                .numbers
+                .iter()
+                .find(|n| n.provider == WhatsAppProvider::Acs)
+                .map(|n| n.id.clone())
+        });
+        let acs = async {
+            match (&self.acs, &acs_channel) {
+                (Some(acs), Some(channel)) => Some(acs.list_templates(channel).await),
+                _ => None,
             }
-            Err(err) => tracing::warn!(error = %err, "cannot list whatsapp templates"),
+        };
+        let meta = async {
+            match &self.meta_templates {
+                Some(meta) => Some(meta.list().await),
+                None => None,
+            }
+        };
+        let (acs, meta) = futures::future::join(acs, meta).await;
+        for (provider, listed) in [(WhatsAppProvider::Acs, acs), (WhatsAppProvider::Meta, meta)] {
+            match listed {
+                None => {}
+                Some(Ok(specs)) => {
+                    let n = specs.len();
+                    self.templates
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .replace(provider, specs);
+                    tracing::info!(templates = n, ?provider, "whatsapp templates refreshed");
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(?provider, error = %err, "cannot list whatsapp templates; keeping the ones known before")
+                }
+            }
         }
         let language = &self.settings.whatsapp.template_language;
-        let registry = self.templates.read().unwrap_or_else(|p| p.into_inner());
-        match registry.get(CONVERSATION_CONTINUATION, language) {
-            Some(t) if t.status == TemplateStatus::Approved => {}
-            Some(t) => {
-                tracing::warn!(language = %language, status = ?t.status, "conversation_continuation is not approved")
-            }
-            None => {
-                tracing::warn!(language = %language, "conversation_continuation does not exist")
+        let real = |p: &WhatsAppProvider| *p != WhatsAppProvider::Sandbox;
+        for provider in self.planner.router().providers().into_iter().filter(real) {
+            match self
+                .registry(provider)
+                .get(CONVERSATION_CONTINUATION, language)
+            {
+                Some(t) if t.status == TemplateStatus::Approved => {}
+                Some(t) if t.status == TemplateStatus::Unknown => {
+                    tracing::warn!(language = %language, ?provider, "conversation_continuation is declared locally and not confirmed by the provider's template list")
+                }
+                Some(t) => {
+                    tracing::warn!(language = %language, ?provider, status = ?t.status, "conversation_continuation is not approved")
+                }
+                None => {
+                    tracing::warn!(language = %language, ?provider, "conversation_continuation does not exist")
+                }
             }
         }
     }
 }
 
-/// `WHATSAPP_PROVIDER` when set; otherwise the one provider that is configured, the sandbox
-/// when none or both are.
-fn choose_provider(settings: &Settings, acs_configured: bool) -> WhatsAppProvider {
+/// The running providers and what the service keeps of them besides the router.
+struct Providers {
+    router: ProviderRouter,
+    acs: Option<Arc<acs::AcsSender>>,
+    sandbox: Option<Arc<sandbox::SandboxSender>>,
+    meta_templates: Option<meta::templates::MetaTemplates>,
+    /// The one health of the Meta token, shared by every Meta sender and the template list.
+    meta_token: Arc<meta::TokenHealth>,
+}
+
+/// Builds a lane per running provider (a Meta lane per Meta phone number: the Graph API sends
+/// from the number in its URL) and the router over them. ACS runs whenever its client is
+/// configured, Meta with a token and a phone number id; `WHATSAPP_PROVIDER=sandbox` (or a
+/// named provider that is not configured) runs the sandbox alone.
+fn build_providers(
+    settings: &Settings,
+    acs_client: Option<crate::acs::AcsClient>,
+    status_tx: mpsc::UnboundedSender<StatusUpdate>,
+) -> Providers {
     let wa = &settings.whatsapp;
-    let meta_configured = wa.meta_access_token.is_some() && wa.meta_phone_number_id.is_some();
-    let chosen = match wa.provider {
-        Some(p) => p,
-        None => match (acs_configured, meta_configured) {
-            (true, false) => WhatsAppProvider::Acs,
-            (false, true) => WhatsAppProvider::Meta,
-            (true, true) => {
-                tracing::warn!(
-                    "both ACS and Meta WhatsApp are configured: set WHATSAPP_PROVIDER; using the sandbox"
-                );
-                WhatsAppProvider::Sandbox
+    let meta_numbers: Vec<String> = wa
+        .meta_phone_number_id
+        .iter()
+        .cloned()
+        .chain(
+            wa.numbers
+                .iter()
+                .filter(|n| n.provider == WhatsAppProvider::Meta)
+                .map(|n| n.id.clone()),
+        )
+        .fold(Vec::new(), |mut all, n| {
+            if !all.contains(&n) {
+                all.push(n);
             }
-            (false, false) => WhatsAppProvider::Sandbox,
+            all
+        });
+    let acs_numbers: Vec<String> = wa
+        .acs_channel_id
+        .iter()
+        .cloned()
+        .chain(
+            wa.numbers
+                .iter()
+                .filter(|n| n.provider == WhatsAppProvider::Acs)
+                .map(|n| n.id.clone()),
+        )
+        .collect();
+    let meta_token = wa
+        .meta_access_token
+        .as_ref()
+        .filter(|_| !meta_numbers.is_empty());
+    let default = choose_provider(
+        settings,
+        acs_client.is_some(),
+        !acs_numbers.is_empty(),
+        meta_token.is_some(),
+    );
+    let mut lanes = Vec::new();
+    let mut acs = None;
+    let mut sandbox = None;
+    let mut meta_templates = None;
+    let token_health = Arc::new(meta::TokenHealth::default());
+    if default == WhatsAppProvider::Sandbox {
+        let s = Arc::new(sandbox::SandboxSender::new(status_tx));
+        sandbox = Some(s.clone());
+        lanes.push(router::Lane {
+            provider: WhatsAppProvider::Sandbox,
+            number: None,
+            sender: s,
+        });
+    } else {
+        if let Some(client) = acs_client {
+            let s = Arc::new(acs::AcsSender::new(
+                client,
+                &wa.acs_api_version,
+                &wa.acs_preview_api_version,
+            ));
+            acs = Some(s.clone());
+            lanes.push(router::Lane {
+                provider: WhatsAppProvider::Acs,
+                number: None,
+                sender: s,
+            });
+        }
+        if let Some(token) = meta_token {
+            for number in &meta_numbers {
+                lanes.push(router::Lane {
+                    provider: WhatsAppProvider::Meta,
+                    number: Some(number.clone()),
+                    sender: Arc::new(
+                        meta::MetaSender::new(
+                            &wa.meta_graph_base_url,
+                            &wa.meta_graph_version,
+                            number,
+                            token.clone(),
+                        )
+                        .with_token_health(token_health.clone()),
+                    ),
+                });
+            }
+            meta_templates = wa.meta_waba_id.as_ref().map(|waba| {
+                meta::templates::MetaTemplates::new(
+                    &wa.meta_graph_base_url,
+                    &wa.meta_graph_version,
+                    waba,
+                    token.clone(),
+                )
+                .with_token_health(token_health.clone())
+            });
+        }
+    }
+    let default_number = match default {
+        WhatsAppProvider::Acs => acs_numbers.first().cloned(),
+        WhatsAppProvider::Meta => meta_numbers.first().cloned(),
+        WhatsAppProvider::Sandbox => wa.acs_channel_id.clone(),
+    };
+    let mut numbers: Vec<crate::config::BusinessNumber> = wa.numbers.clone();
+    for (provider, implicit) in [
+        (WhatsAppProvider::Acs, &wa.acs_channel_id),
+        (WhatsAppProvider::Meta, &wa.meta_phone_number_id),
+    ] {
+        if let Some(id) = implicit
+            && !numbers.iter().any(|n| &n.id == id)
+        {
+            numbers.push(crate::config::BusinessNumber {
+                provider,
+                id: id.clone(),
+                profile: None,
+            });
+        }
+    }
+    if default == WhatsAppProvider::Sandbox {
+        numbers.clear();
+    }
+    if lanes.iter().any(|l| l.provider == WhatsAppProvider::Acs)
+        && lanes.iter().any(|l| l.provider == WhatsAppProvider::Meta)
+    {
+        tracing::info!(default = ?default, "ACS and Meta WhatsApp both run: replies leave through the provider of the customer's business number");
+    }
+    Providers {
+        router: ProviderRouter::new(lanes, numbers, default, default_number),
+        acs,
+        sandbox,
+        meta_templates,
+        meta_token: token_health,
+    }
+}
+
+/// The default provider: `WHATSAPP_PROVIDER` when set (the sandbox when it names one that is
+/// not configured); otherwise the one configured (ACS counts with a client and a channel id,
+/// or with a client alone when Meta is not configured), ACS when both are, the sandbox when
+/// none is.
+fn choose_provider(
+    settings: &Settings,
+    acs_client: bool,
+    acs_number: bool,
+    meta_configured: bool,
+) -> WhatsAppProvider {
+    let chosen = match settings.whatsapp.provider {
+        Some(p) => p,
+        None => match (acs_client, acs_number, meta_configured) {
+            (true, true, _) | (true, false, false) => WhatsAppProvider::Acs,
+            (_, _, true) => WhatsAppProvider::Meta,
+            (false, _, false) => WhatsAppProvider::Sandbox,
         },
     };
     let usable = match chosen {
-        WhatsAppProvider::Acs => acs_configured,
+        WhatsAppProvider::Acs => acs_client,
         WhatsAppProvider::Meta => meta_configured,
         WhatsAppProvider::Sandbox => true,
     };

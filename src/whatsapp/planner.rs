@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::time::Instant;
 
+use super::router::{ProviderRouter, Route};
 use super::{Recipient, SenderError, WhatsAppSender};
 use crate::domain::outbound::{InteractiveError, MAX_TEXT_CHARS, split_text, window_open};
 use crate::domain::template::TemplateError;
@@ -77,12 +78,11 @@ pub struct PlannerSettings {
     pub window_margin: Duration,
     pub send_rate_per_sec: u32,
     pub recipient_min_interval: Duration,
-    /// The configured business number (ACS channel registration id).
-    pub default_business_number: Option<String>,
 }
 
 pub struct SendPlanner {
-    sender: Arc<dyn WhatsAppSender>,
+    /// Picks the provider and business number of every send.
+    sender: Arc<ProviderRouter>,
     contexts: Contexts,
     log: Arc<dyn MessageLog>,
     settings: PlannerSettings,
@@ -91,7 +91,7 @@ pub struct SendPlanner {
 
 impl SendPlanner {
     pub fn new(
-        sender: Arc<dyn WhatsAppSender>,
+        sender: Arc<ProviderRouter>,
         contexts: Contexts,
         log: Arc<dyn MessageLog>,
         settings: PlannerSettings,
@@ -113,14 +113,31 @@ impl SendPlanner {
             .or_else(|| session.and_then(|s| s.bsuid.clone()))
             .or_else(|| ctx.customer_id.bsuid().map(str::to_owned))
             .ok_or(SendError::NoAddress)?;
-        // Reply from the number the customer wrote to; otherwise the configured one.
-        let business_number = session
-            .and_then(|s| s.business_number.clone())
-            .or_else(|| self.settings.default_business_number.clone());
+        // Reply from the number the customer wrote to; otherwise the default one.
+        let business_number = self.route(ctx).business_number;
         Ok(Recipient {
             address,
             business_number,
         })
+    }
+
+    /// Where messages to this customer leave from, and which agent profile answers them.
+    pub fn route(&self, ctx: &CustomerContext) -> Route {
+        self.sender.route(
+            ctx.whatsapp
+                .as_ref()
+                .and_then(|s| s.business_number.as_deref()),
+        )
+    }
+
+    /// [`Self::route`] for a customer by id (their context is read).
+    pub async fn route_for(&self, customer: &CustomerId) -> Result<Route, SendError> {
+        let ctx = crate::store::get_or_default(self.contexts.store(), customer).await?;
+        Ok(self.route(&ctx))
+    }
+
+    pub fn router(&self) -> &ProviderRouter {
+        &self.sender
     }
 
     fn window_is_open(&self, ctx: &CustomerContext) -> bool {

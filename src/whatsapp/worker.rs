@@ -12,7 +12,7 @@ use chrono::Utc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Initiation, SenderError, WhatsApp};
+use super::{Initiation, SenderError, WhatsApp, WhatsAppSender};
 use crate::agent::engine::{ToolHost, ToolOutcome, run_turn};
 use crate::agent::tools::ToolRequest;
 use crate::agent::{AgentInput, AgentRequest, ToolCall};
@@ -373,14 +373,16 @@ impl WhatsApp {
             .map(|(m, media)| m.content.transcript_text_for(media.as_ref()))
             .collect();
         let max_turns = self.settings.transcript_max_turns;
-        let provider = self.provider;
         let (_, fresh) = self
             .contexts
             .update(&customer, |ctx| {
                 messages
                     .iter()
                     .zip(&texts)
-                    .map(|(m, text)| apply_to_context(ctx, m, text, provider, max_turns))
+                    .map(|(m, text)| {
+                        let provider = self.route_of_message(m).provider;
+                        apply_to_context(ctx, m, text, provider, max_turns)
+                    })
                     .collect::<Vec<bool>>()
             })
             .await?;
@@ -435,7 +437,8 @@ impl WhatsApp {
             size_bytes: None,
             sha256: None,
         };
-        let fetched = match self.sender.download_media(media).await {
+        let via = self.route_of_message(m);
+        let fetched = match self.sender.download_media(&via, media).await {
             Ok(fetched) => fetched,
             Err(SenderError::NotConfigured(what)) => {
                 tracing::info!(customer = %m.customer, message_id = %m.message_id, media_id = %media.media_id, "inbound media not downloaded: {what} is not available with this provider");
@@ -550,7 +553,8 @@ impl WhatsApp {
         };
         let customer = last.message.customer.clone();
         // Marking the latest message read marks the burst read. Best effort: one quick try.
-        if let Err(err) = self.sender.mark_read(&last.message.message_id).await {
+        let via = self.route_of_message(&last.message);
+        if let Err(err) = self.sender.mark_read(&via, &last.message.message_id).await {
             tracing::warn!(customer = %customer, message_id = %last.message.message_id, error = %err, "cannot mark the message read; answering anyway");
         }
         let texts: Vec<&str> = received
@@ -582,7 +586,9 @@ impl WhatsApp {
             Some(OptKeyword::Stop) => OPTED_OUT_REPLY.to_owned(),
             Some(OptKeyword::Start) => OPTED_IN_REPLY.to_owned(),
             None => {
-                let request = AgentRequest::new(context, Channel::Whatsapp, input);
+                let profile = self.planner.route(&context).profile;
+                let request =
+                    AgentRequest::new(context, Channel::Whatsapp, input).with_profile(profile);
                 let turn = match self.tools() {
                     Some(services) => {
                         let tools = ConversationTools::new(

@@ -13,6 +13,7 @@ mod identity;
 mod infra_contract;
 mod meta;
 mod openai;
+mod routing;
 mod serve;
 mod store_contract;
 mod support;

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::support::TestApp;
+use crate::support::fake_graph::{self, FakeGraph, Route};
 use crate::whatsapp::{CUSTOMER, eventually, quick};
 
 const APP_SECRET: &str = "meta-app-secret";
@@ -394,283 +395,10 @@ async fn meta_statuses_out_of_order_and_duplicated_end_as_read_and_131047_closes
     assert!(closed, "131047 never marked the window closed");
 }
 
-/// A fake Graph API at the wire. It checks what the real one would refuse (method, path,
-/// Graph version, bearer token, body shape) and answers like Graph: sends and read receipts on
-/// `POST /{version}/{phone_number_id}/messages`, media resolves on `GET /{version}/{media-id}`
-/// (a fresh short-lived URL each time), downloads on that URL (bearer token required), token
-/// probes on `GET /{version}/{phone_number_id}`. Answers can be scripted per route; everything
-/// is recorded.
-mod fake_graph {
-    use std::collections::{HashMap, VecDeque};
-    use std::sync::{Arc, Mutex};
-
-    use axum::Router;
-    use axum::body::Bytes;
-    use axum::extract::State;
-    use axum::http::{HeaderMap, Method, StatusCode, Uri};
-    use axum::response::{IntoResponse, Response};
-    use serde_json::{Value, json};
-
-    pub const VERSION: &str = "v23.0";
-
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-    pub enum Route {
-        /// `POST /{version}/{phone_number_id}/messages` with a message.
-        Send,
-        /// The same path with a read receipt.
-        MarkRead,
-        /// `GET /{version}/{media-id}`.
-        Resolve,
-        /// `GET` on a resolved media URL.
-        Download,
-        /// `GET /{version}/{phone_number_id}`.
-        Probe,
-        /// Anything else (answered 404, and a test should find none).
-        Unexpected,
-    }
-
-    #[derive(Debug, Clone)]
-    pub struct Recorded {
-        pub route: Route,
-        pub method: String,
-        pub path: String,
-        pub query: String,
-        pub authorization: Option<String>,
-        pub body: Value,
-    }
-
-    /// Status, extra headers, body.
-    type Answer = (u16, Vec<(&'static str, String)>, String);
-
-    struct Media {
-        bytes: Vec<u8>,
-        mime_type: String,
-        /// How many times the media was resolved: each resolve hands out a new URL.
-        resolved: u32,
-    }
-
-    #[derive(Default)]
-    struct Inner {
-        base_url: String,
-        phone_number_id: String,
-        token: String,
-        requests: Mutex<Vec<Recorded>>,
-        script: Mutex<HashMap<Route, VecDeque<Answer>>>,
-        media: Mutex<HashMap<String, Media>>,
-    }
-
-    #[derive(Clone)]
-    pub struct FakeGraph {
-        pub base_url: String,
-        inner: Arc<Inner>,
-    }
-
-    pub fn graph_error(code: u32) -> String {
-        json!({"error": {"message": format!("(#{code}) error"), "type": "OAuthException",
-            "code": code, "fbtrace_id": "x"}})
-        .to_string()
-    }
-
-    impl FakeGraph {
-        pub async fn start(phone_number_id: &str, token: &str) -> Self {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let base_url = format!("http://{addr}");
-            let inner = Arc::new(Inner {
-                base_url: base_url.clone(),
-                phone_number_id: phone_number_id.to_owned(),
-                token: token.to_owned(),
-                ..Inner::default()
-            });
-            let app = Router::new().fallback(handle).with_state(inner.clone());
-            tokio::spawn(async move {
-                axum::serve(listener, app).await.unwrap();
-            });
-            Self { base_url, inner }
-        }
-
-        /// Answers the next request on `route` with `status` and `body`.
-        pub fn script(&self, route: Route, status: u16, body: String) {
-            self.inner
-                .script
-                .lock()
-                .unwrap()
-                .entry(route)
-                .or_default()
-                .push_back((status, Vec::new(), body));
-        }
-
-        /// Answers the next send with a Graph error `code`.
-        pub fn fail_with(&self, status: u16, code: u32, retry_after: Option<&str>) {
-            let headers = retry_after
-                .map(|s| vec![("retry-after", s.to_owned())])
-                .unwrap_or_default();
-            self.inner
-                .script
-                .lock()
-                .unwrap()
-                .entry(Route::Send)
-                .or_default()
-                .push_back((status, headers, graph_error(code)));
-        }
-
-        /// Makes `id` resolvable and downloadable.
-        pub fn serve_media(&self, id: &str, bytes: &[u8], mime_type: &str) {
-            self.inner.media.lock().unwrap().insert(
-                id.to_owned(),
-                Media {
-                    bytes: bytes.to_vec(),
-                    mime_type: mime_type.to_owned(),
-                    resolved: 0,
-                },
-            );
-        }
-
-        pub fn requests(&self) -> Vec<Recorded> {
-            self.inner.requests.lock().unwrap().clone()
-        }
-
-        pub fn on(&self, route: Route) -> Vec<Recorded> {
-            self.requests()
-                .into_iter()
-                .filter(|r| r.route == route)
-                .collect()
-        }
-    }
-
-    fn refuse(status: StatusCode, code: u32, why: &str) -> Response {
-        (
-            status,
-            json!({"error": {"message": why, "type": "OAuthException", "code": code}}).to_string(),
-        )
-            .into_response()
-    }
-
-    async fn handle(
-        State(inner): State<Arc<Inner>>,
-        method: Method,
-        uri: Uri,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> Response {
-        let path = uri.path().to_owned();
-        let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let versioned = path.strip_prefix(&format!("/{VERSION}/"));
-        let messages_path = format!("{}/messages", inner.phone_number_id);
-        let route = match (&method, versioned) {
-            (&Method::POST, Some(rest)) if rest == messages_path => {
-                if json_body["status"] == "read" {
-                    Route::MarkRead
-                } else {
-                    Route::Send
-                }
-            }
-            (&Method::GET, Some(rest)) if rest == inner.phone_number_id => Route::Probe,
-            (&Method::GET, Some(rest)) if !rest.is_empty() && !rest.contains('/') => Route::Resolve,
-            (&Method::GET, None) if path.starts_with("/lookaside/") => Route::Download,
-            _ => Route::Unexpected,
-        };
-        let authorization = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        inner.requests.lock().unwrap().push(Recorded {
-            route,
-            method: method.to_string(),
-            path: path.clone(),
-            query: uri.query().unwrap_or("").to_owned(),
-            authorization: authorization.clone(),
-            body: json_body.clone(),
-        });
-        if route == Route::Unexpected {
-            return refuse(StatusCode::NOT_FOUND, 100, "Unknown path components");
-        }
-        if authorization.as_deref() != Some(&format!("Bearer {}", inner.token)) {
-            return refuse(StatusCode::UNAUTHORIZED, 190, "Invalid OAuth access token");
-        }
-        // Body shapes the real API insists on.
-        let body_ok = match route {
-            Route::Send => {
-                json_body["messaging_product"] == "whatsapp"
-                    && json_body["to"].is_string()
-                    && json_body["type"].is_string()
-            }
-            Route::MarkRead => {
-                json_body.as_object().map(|o| o.len()) == Some(4)
-                    && json_body["messaging_product"] == "whatsapp"
-                    && json_body["message_id"].is_string()
-                    && json_body["typing_indicator"] == json!({"type": "text"})
-            }
-            _ => body.is_empty(),
-        };
-        if !body_ok {
-            return refuse(StatusCode::BAD_REQUEST, 100, "Invalid parameter");
-        }
-        let scripted = inner
-            .script
-            .lock()
-            .unwrap()
-            .get_mut(&route)
-            .and_then(VecDeque::pop_front);
-        if let Some((status, extra, body)) = scripted {
-            let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
-            for (k, v) in extra {
-                response.headers_mut().insert(k, v.parse().unwrap());
-            }
-            return response;
-        }
-        match route {
-            Route::Send => {
-                let n = inner.requests.lock().unwrap().len();
-                axum::Json(json!({"messaging_product": "whatsapp",
-                    "contacts": [{"input": json_body["to"], "wa_id": json_body["to"]}],
-                    "messages": [{"id": format!("wamid.out{n}"), "message_status": "accepted"}]}))
-                .into_response()
-            }
-            Route::MarkRead => axum::Json(json!({"success": true})).into_response(),
-            Route::Probe => axum::Json(json!({"id": inner.phone_number_id})).into_response(),
-            Route::Resolve => {
-                let id = versioned.unwrap_or_default();
-                let mut media = inner.media.lock().unwrap();
-                let Some(m) = media.get_mut(id) else {
-                    return refuse(StatusCode::NOT_FOUND, 100, "Unsupported get request");
-                };
-                m.resolved += 1;
-                let digest = <sha2::Sha256 as sha2::Digest>::digest(&m.bytes);
-                use base64::Engine;
-                axum::Json(json!({"messaging_product": "whatsapp",
-                    "url": format!("{}/lookaside/{id}/{}", inner.base_url, m.resolved),
-                    "mime_type": m.mime_type,
-                    "sha256": base64::engine::general_purpose::STANDARD.encode(digest),
-                    "file_size": m.bytes.len().to_string(),
-                    "id": id}))
-                .into_response()
-            }
-            Route::Download => {
-                // Only the latest URL works: an earlier one has expired.
-                let mut parts = path.trim_start_matches("/lookaside/").split('/');
-                let (Some(id), Some(n)) = (parts.next(), parts.next()) else {
-                    return StatusCode::NOT_FOUND.into_response();
-                };
-                let media = inner.media.lock().unwrap();
-                match media.get(id) {
-                    Some(m) if n == m.resolved.to_string() => {
-                        (StatusCode::OK, m.bytes.clone()).into_response()
-                    }
-                    _ => StatusCode::NOT_FOUND.into_response(),
-                }
-            }
-            Route::Unexpected => unreachable!(),
-        }
-    }
-}
-
 const TOKEN: &str = "EAAG-test-token";
 
-use fake_graph::Route;
-
-async fn spawn_with_graph() -> (TestApp, fake_graph::FakeGraph) {
-    let graph = fake_graph::FakeGraph::start(PHONE_NUMBER_ID, TOKEN).await;
+async fn spawn_with_graph() -> (TestApp, FakeGraph) {
+    let graph = FakeGraph::start(TOKEN, &[PHONE_NUMBER_ID]).await;
     let base = graph.base_url.clone();
     let app = TestApp::spawn_with(move |s| {
         meta(s);
@@ -879,7 +607,7 @@ async fn meta_handoff_story_sends_the_continuation_template_through_the_graph_ap
     use crate::handoff_story::{call, handoff_of, known_customer, story_settings};
     use handoff::domain::Milestone;
 
-    let graph = fake_graph::FakeGraph::start(PHONE_NUMBER_ID, TOKEN).await;
+    let graph = FakeGraph::start(TOKEN, &[PHONE_NUMBER_ID]).await;
     let base = graph.base_url.clone();
     let port = crate::support::services::free_port();
     let app = TestApp::spawn_with(move |s| {
@@ -1222,7 +950,7 @@ async fn meta_message_is_marked_read_with_typing_before_the_reply_and_a_failure_
     assert_eq!(graph.on(Route::Send).len(), 2);
 }
 
-async fn readiness(app: &TestApp) -> (u16, Value) {
+pub(crate) async fn readiness(app: &TestApp) -> (u16, Value) {
     let r = app.http.get(app.url("/readyz")).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
@@ -1244,7 +972,7 @@ async fn metric(app: &TestApp, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn provider_check(body: &Value) -> Value {
+pub(crate) fn provider_check(body: &Value) -> Value {
     body["backends"]
         .as_array()
         .unwrap()

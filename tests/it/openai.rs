@@ -157,6 +157,7 @@ fn text_reply(parts: &[&str]) -> Reply {
 fn settings(backend: AgentBackend, timeout: Duration, max_attempts: u32) -> AgentSettings {
     AgentSettings {
         backend,
+        profiles_file: None,
         request_timeout: timeout,
         max_attempts,
     }
@@ -389,6 +390,46 @@ async fn azure_with_a_key_gets_the_whatsapp_context_and_tools() {
     assert!(
         !body.contains("4255550123"),
         "the phone number leaked: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_numbers_agent_profile_adds_its_instructions_after_the_channel_prompt() {
+    let (fake, base) = Fake::start(vec![text_reply(&["Hello"]), text_reply(&["Hello"])]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("profiles.json");
+    std::fs::write(
+        &file,
+        r#"{"sales": "Mention the spring offer.", "support": "Outages come first."}"#,
+    )
+    .unwrap();
+    let mut settings = settings(compatible(&base), Duration::from_secs(10), 3);
+    settings.profiles_file = Some(file);
+    let agent = from_settings(&settings, reqwest::Client::new())
+        .unwrap()
+        .expect("an OpenAI backend")
+        .0;
+    let ask = |profile: Option<&str>| {
+        AgentRequest::new(context(), Channel::Whatsapp, said("Hi"))
+            .with_profile(profile.map(str::to_owned))
+    };
+    within(collect(agent.as_ref(), ask(Some("sales"))))
+        .await
+        .unwrap();
+    within(collect(agent.as_ref(), ask(None))).await.unwrap();
+    let seen = fake.seen();
+    let with = messages(&seen[0]);
+    let without = messages(&seen[1]);
+    assert_eq!(with[0], without[0], "the channel prompt stays first");
+    assert_eq!(with[1]["role"], "system");
+    let instructions = with[1]["content"].as_str().unwrap();
+    assert!(instructions.contains("\"sales\""), "{instructions}");
+    assert!(instructions.ends_with("Mention the spring offer."));
+    assert!(!seen[0].body.to_string().contains("Outages come first"));
+    assert_eq!(with.len(), without.len() + 1);
+    assert_eq!(
+        with[2], without[1],
+        "then the context, as without a profile"
     );
 }
 

@@ -105,6 +105,14 @@ impl FakeAcs {
         self.inner.recorded.lock().unwrap().clone()
     }
 
+    /// WhatsApp sends (Advanced Messaging) made through this resource.
+    pub fn whatsapp_sends(&self) -> Vec<Recorded> {
+        self.recorded()
+            .into_iter()
+            .filter(|r| r.path == "/messages/notifications:send")
+            .collect()
+    }
+
     pub fn bad_signatures(&self) -> u64 {
         self.inner.bad_signatures.load(Ordering::SeqCst)
     }
@@ -236,6 +244,30 @@ async fn handle(
         return (
             StatusCode::UNAUTHORIZED,
             r#"{"error":{"code":"Unauthorized","message":"bad signature"}}"#,
+        )
+            .into_response();
+    }
+    // Advanced Messaging on the same resource (a call's handoff sends its template here):
+    // sends are recorded and get a receipt; the channel has no templates listed.
+    if uri.path() == "/messages/notifications:send" || uri.path().ends_with("/templates") {
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        inner.recorded.lock().unwrap().push(Recorded {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            query: uri.query().unwrap_or("").to_owned(),
+            body,
+            repeatability_id: headers
+                .get("repeatability-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        });
+        if uri.path().ends_with("/templates") {
+            return (StatusCode::OK, axum::Json(json!({"value": []}))).into_response();
+        }
+        let id = uuid::Uuid::new_v4();
+        return (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"receipts": [{"messageId": id.to_string()}]})),
         )
             .into_response();
     }

@@ -11,3 +11,5 @@ pub use app::TestApp;
 pub mod acs_socket;
 #[allow(dead_code)]
 pub mod fake_calling;
+#[allow(dead_code)]
+pub mod fake_graph;
