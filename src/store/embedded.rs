@@ -31,7 +31,8 @@ const CUSTOMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("customers"
 /// claim key → expiry, milliseconds since the Unix epoch.
 const CLAIMS: TableDefinition<&str, u64> = TableDefinition::new("claims");
 
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Called once the batch a job ran in is committed (or failed to commit).
+pub(crate) type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&WriteTransaction) -> Completion + Send>;
 
 /// A redb database with a group-committing writer thread. Cheap to clone.
@@ -119,6 +120,29 @@ impl EmbeddedDb {
         rx.await.map_err(|_| {
             StoreError::unavailable(BACKEND, "the write transaction could not be started")
         })?
+    }
+
+    /// Queues `job` for the next group-commit transaction without waiting: the writer runs it
+    /// inside the transaction and calls the completion it returns once the batch is committed.
+    /// For adapters that coalesce many callers into one job and answer each from the
+    /// completion (so a caller that goes away cannot lose the others' answers). A job that
+    /// panics completes nothing: its callers see their answer channels closed.
+    pub(crate) fn submit(
+        &self,
+        job: impl FnOnce(&WriteTransaction) -> Completion + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let job: Job = Box::new(move |txn| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| job(txn))).unwrap_or_else(|_| {
+                tracing::error!("embedded store write job panicked");
+                Box::new(|_| {})
+            })
+        });
+        self.inner
+            .jobs
+            .as_ref()
+            .ok_or_else(|| StoreError::unavailable(BACKEND, "closing"))?
+            .send(job)
+            .map_err(|_| StoreError::unavailable(BACKEND, "writer thread stopped"))
     }
 
     /// Runs `op` against a read snapshot on the blocking pool.
