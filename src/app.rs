@@ -301,7 +301,7 @@ async fn build_whatsapp(
                 )
             }
             (None, Some(db)) => (
-                Arc::new(EmbeddedInbox::open_beside(&settings.data_dir, db).await?),
+                Arc::new(EmbeddedInbox::new(db.clone()).await?),
                 Arc::new(EmbeddedMessageLog::new(db.clone()).await?),
             ),
             (None, None) => {

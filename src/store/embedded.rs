@@ -62,15 +62,10 @@ impl Drop for Inner {
 impl EmbeddedDb {
     /// Opens (or creates) `handoff.redb` in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_file(dir, "handoff.redb")
-    }
-
-    /// Opens (or creates) the database file `name` in `dir`, with its own writer thread.
-    pub fn open_file(dir: &Path, name: &str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::backend(BACKEND, format!("cannot create {}: {e}", dir.display()))
         })?;
-        let path = dir.join(name);
+        let path = dir.join("handoff.redb");
         let db = Database::create(&path).map_err(|e| {
             StoreError::backend(BACKEND, format!("cannot open {}: {e}", path.display()))
         })?;

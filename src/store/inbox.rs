@@ -86,8 +86,6 @@ pub trait Inbox: Send + Sync + 'static {
 }
 
 const BACKEND: &str = "embedded";
-/// The inbox's own database file in `HANDOFF_DATA_DIR` (see [`EmbeddedInbox::open_beside`]).
-pub const INBOX_FILE: &str = "inbox.redb";
 const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
 /// dedupe key → expiry (ms since the epoch).
 const INBOX_KEYS: TableDefinition<&str, u64> = TableDefinition::new("inbox_keys");
@@ -158,95 +156,6 @@ impl EmbeddedInbox {
             db,
             queue: Arc::default(),
         })
-    }
-
-    /// The inbox in its own file beside `shared` (`inbox.redb` in `dir`), with its own writer
-    /// thread: acknowledgements then commit without queuing behind the state writes of the
-    /// worker (contexts, message log) in `shared`, and the two files' syncs overlap
-    /// (docs/performance.md). Entries, claims and the sequence that an earlier version kept in
-    /// `shared` are moved over first, so an upgrade loses nothing.
-    pub async fn open_beside(
-        dir: &std::path::Path,
-        shared: &EmbeddedDb,
-    ) -> Result<Self, StoreError> {
-        let inbox = Self::new(EmbeddedDb::open_file(dir, INBOX_FILE)?).await?;
-        let moved = inbox.adopt(shared).await?;
-        if moved > 0 {
-            tracing::info!(
-                moved,
-                "whatsapp inbox moved from handoff.redb to {INBOX_FILE}"
-            );
-        }
-        Ok(inbox)
-    }
-
-    /// Moves the inbox tables of `old` into this inbox; returns the rows moved. Copy first,
-    /// then delete: a crash in between copies the same rows again on the next start.
-    async fn adopt(&self, old: &EmbeddedDb) -> Result<usize, StoreError> {
-        type Rows = (Vec<(u64, Vec<u8>)>, Vec<(String, u64)>, u64);
-        let (entries, keys, seq): Rows = old
-            .read(|txn| {
-                let mut entries = Vec::new();
-                match txn.open_table(INBOX) {
-                    Ok(table) => {
-                        for row in table.iter().map_err(be)? {
-                            let (k, v) = row.map_err(be)?;
-                            entries.push((k.value(), v.value().to_vec()));
-                        }
-                    }
-                    Err(redb::TableError::TableDoesNotExist(_)) => {}
-                    Err(e) => return Err(be(e)),
-                }
-                let mut keys = Vec::new();
-                match txn.open_table(INBOX_KEYS) {
-                    Ok(table) => {
-                        for row in table.iter().map_err(be)? {
-                            let (k, v) = row.map_err(be)?;
-                            keys.push((k.value().to_owned(), v.value()));
-                        }
-                    }
-                    Err(redb::TableError::TableDoesNotExist(_)) => {}
-                    Err(e) => return Err(be(e)),
-                }
-                let seq = match txn.open_table(META) {
-                    Ok(table) => table.get("inbox_seq").map_err(be)?.map(|v| v.value()),
-                    Err(redb::TableError::TableDoesNotExist(_)) => None,
-                    Err(e) => return Err(be(e)),
-                };
-                Ok((entries, keys, seq.unwrap_or(0)))
-            })
-            .await?;
-        let moved = entries.len() + keys.len();
-        if moved == 0 && seq == 0 {
-            return Ok(0);
-        }
-        self.db
-            .write(move |txn| {
-                let mut table = txn.open_table(INBOX).map_err(be)?;
-                for (k, v) in &entries {
-                    table.insert(*k, v.as_slice()).map_err(be)?;
-                }
-                let mut claims = txn.open_table(INBOX_KEYS).map_err(be)?;
-                for (k, v) in &keys {
-                    let keep = claims.get(k.as_str()).map_err(be)?.map_or(0, |e| e.value());
-                    claims.insert(k.as_str(), (*v).max(keep)).map_err(be)?;
-                }
-                let mut meta = txn.open_table(META).map_err(be)?;
-                let current = meta.get("inbox_seq").map_err(be)?.map_or(0, |v| v.value());
-                meta.insert("inbox_seq", current.max(seq)).map_err(be)?;
-                Ok(())
-            })
-            .await?;
-        old.write(|txn| {
-            txn.delete_table(INBOX).map_err(be)?;
-            txn.delete_table(INBOX_KEYS).map_err(be)?;
-            if let Ok(mut meta) = txn.open_table(META) {
-                meta.remove("inbox_seq").map_err(be)?;
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(moved)
     }
 
     /// The writer job: every append waiting when it runs, in arrival order, in one transaction.
@@ -516,54 +425,5 @@ mod tests {
         let mut seqs: Vec<u64> = pending.iter().map(|e| e.seq).collect();
         seqs.dedup();
         assert_eq!(seqs.len(), 100, "sequence numbers are unique");
-    }
-
-    #[tokio::test]
-    async fn an_inbox_left_in_the_shared_file_moves_to_its_own_file_without_loss() {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = EmbeddedDb::open(dir.path()).unwrap();
-        // What an earlier version left: two pending entries and a completed one's claim.
-        let old = EmbeddedInbox::new(shared.clone()).await.unwrap();
-        old.append(vec![
-            entry(&["msg:a"], "p1"),
-            entry(&["msg:b"], "p2"),
-            entry(&["msg:c"], "p1"),
-        ])
-        .await
-        .unwrap();
-        let before = old.pending(10).await.unwrap();
-        old.complete(vec![before[2].key()]).await.unwrap();
-
-        let inbox = EmbeddedInbox::open_beside(dir.path(), &shared)
-            .await
-            .unwrap();
-        let moved = inbox.pending(10).await.unwrap();
-        assert_eq!(
-            moved
-                .iter()
-                .map(|e| (e.seq, e.id.as_str()))
-                .collect::<Vec<_>>(),
-            vec![(before[0].seq, "msg:a"), (before[1].seq, "msg:b")]
-        );
-        // Claims came along (the completed one too), and new entries continue the sequence.
-        let again = inbox
-            .append(vec![entry(&["msg:c"], "p1"), entry(&["msg:d"], "p1")])
-            .await
-            .unwrap();
-        assert_eq!(again[0], Appended::Duplicate);
-        let Appended::Fresh(d) = &again[1] else {
-            panic!("msg:d is new: {again:?}")
-        };
-        assert!(d.seq > before[2].seq);
-        // The shared file no longer holds an inbox: opening again moves nothing and keeps all.
-        assert!(
-            old.pending(10).await.is_err(),
-            "the old inbox table is gone"
-        );
-        drop(inbox);
-        let reopened = EmbeddedInbox::open_beside(dir.path(), &shared)
-            .await
-            .unwrap();
-        assert_eq!(reopened.pending(10).await.unwrap().len(), 3);
     }
 }
