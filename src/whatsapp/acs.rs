@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{FetchedMedia, Recipient, Route, SenderError, WhatsAppSender};
 use crate::acs::{AcsClient, AcsError, AcsRequest, Retry};
 use crate::domain::outbound::InteractiveAction;
-use crate::domain::template::{TemplateButton, TemplateCategory, TemplateSpec, TemplateStatus};
+use crate::domain::template::{TemplateCategory, TemplateSpec, TemplateStatus};
 use crate::domain::{
     CustomerId, DeliveryStatus, InboundContent, InboundMedia, InboundMessage, MediaKind,
     OutboundMessage, StatusUpdate, WhatsAppProvider,
@@ -506,35 +506,13 @@ struct TemplateItem {
 }
 
 fn template_spec(item: TemplateItem) -> Option<TemplateSpec> {
-    let components = item.content.as_array().cloned().unwrap_or_default();
-    let kind_is = |c: &Value, k: &str| {
-        c.get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t.eq_ignore_ascii_case(k))
-    };
-    let body_parameters = components
-        .iter()
-        .find(|c| kind_is(c, "BODY"))
-        .and_then(|c| c.get("text").and_then(Value::as_str))
-        .map(|text| text.matches("{{").count())
-        .unwrap_or(0);
-    let buttons = components
-        .iter()
-        .filter(|c| kind_is(c, "BUTTONS"))
-        .flat_map(|c| {
-            c.get("buttons")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        })
-        .map(|b| {
-            if kind_is(&b, "URL") {
-                TemplateButton::Url
-            } else {
-                TemplateButton::QuickReply
-            }
-        })
-        .collect();
+    // ACS returns WhatsApp's own `components` array: the same reading as Meta's list.
+    let components = item
+        .content
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let (body_parameters, buttons) = super::meta::templates::components_shape(components);
     let status = match item
         .status
         .as_deref()
@@ -637,6 +615,7 @@ impl WhatsAppSender for AcsSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::template::TemplateButton;
 
     fn event(event_type: &str, data: Value) -> GridEvent {
         GridEvent {

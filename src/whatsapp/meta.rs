@@ -843,6 +843,15 @@ pub struct MetaSender {
     health: Arc<TokenHealth>,
 }
 
+/// The HTTP client for Graph API calls: bounded connect and request time.
+pub(crate) fn graph_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap_or_default()
+}
+
 impl MetaSender {
     pub fn new(
         base_url: &str,
@@ -850,13 +859,8 @@ impl MetaSender {
         phone_number_id: &str,
         token: Secret<String>,
     ) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap_or_default();
         Self {
-            http,
+            http: graph_client(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             version: version.to_owned(),
             phone_number_id: phone_number_id.to_owned(),

@@ -3,7 +3,6 @@
 //! templates are usable; every other status is kept so a send is refused with the reason.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -64,13 +63,8 @@ enum Next {
 
 impl MetaTemplates {
     pub fn new(base_url: &str, version: &str, waba_id: &str, token: Secret<String>) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap_or_default();
         Self {
-            http,
+            http: super::graph_client(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             version: version.to_owned(),
             waba_id: waba_id.to_owned(),
@@ -238,32 +232,7 @@ fn template_spec(item: &Value) -> Option<TemplateSpec> {
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let kind_is = |c: &Value, k: &str| {
-        c.get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t.eq_ignore_ascii_case(k))
-    };
-    let body_parameters = components
-        .iter()
-        .find(|c| kind_is(c, "BODY"))
-        .and_then(|c| c.get("text").and_then(Value::as_str))
-        .map(placeholders)
-        .unwrap_or(0);
-    let buttons = components
-        .iter()
-        .filter(|c| kind_is(c, "BUTTONS"))
-        .filter_map(|c| c.get("buttons").and_then(Value::as_array))
-        .flatten()
-        .map(|b| {
-            if kind_is(b, "QUICK_REPLY") {
-                TemplateButton::QuickReply
-            } else if kind_is(b, "URL") {
-                TemplateButton::Url
-            } else {
-                TemplateButton::Other
-            }
-        })
-        .collect();
+    let (body_parameters, buttons) = components_shape(components);
     let status = match text(item, "status")
         .map(|s| s.to_ascii_uppercase())
         .as_deref()
@@ -292,6 +261,38 @@ fn template_spec(item: &Value) -> Option<TemplateSpec> {
         buttons,
         status,
     })
+}
+
+/// What a sender must supply for a template, from WhatsApp's `components` array (the shape
+/// both Meta's list and ACS's list return): distinct body placeholders, and the buttons in order.
+pub(crate) fn components_shape(components: &[Value]) -> (usize, Vec<TemplateButton>) {
+    let kind_is = |c: &Value, k: &str| {
+        c.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.eq_ignore_ascii_case(k))
+    };
+    let body_parameters = components
+        .iter()
+        .find(|c| kind_is(c, "BODY"))
+        .and_then(|c| c.get("text").and_then(Value::as_str))
+        .map(placeholders)
+        .unwrap_or(0);
+    let buttons = components
+        .iter()
+        .filter(|c| kind_is(c, "BUTTONS"))
+        .filter_map(|c| c.get("buttons").and_then(Value::as_array))
+        .flatten()
+        .map(|b| {
+            if kind_is(b, "QUICK_REPLY") {
+                TemplateButton::QuickReply
+            } else if kind_is(b, "URL") {
+                TemplateButton::Url
+            } else {
+                TemplateButton::Other
+            }
+        })
+        .collect();
+    (body_parameters, buttons)
 }
 
 /// Distinct `{{…}}` placeholders in a body text: `{{1}}` twice is one parameter; named
