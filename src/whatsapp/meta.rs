@@ -841,6 +841,44 @@ pub struct MetaSender {
     token: Secret<String>,
     retry: RetryPolicy,
     health: Arc<TokenHealth>,
+    /// Recipients Graph answered 131056 for (pair rate): every send to them waits.
+    pair_rate: PairRate,
+}
+
+/// Graph's pair-rate error: too many messages to one recipient in a short time.
+const PAIR_RATE: i64 = 131056;
+
+/// Per-recipient holds after 131056 ("too many messages from this business number to this
+/// user"): the backoff applies to the pair, so every send to that recipient waits it out,
+/// not only the one that was refused, while sends to other recipients go on.
+#[derive(Debug, Default)]
+struct PairRate {
+    until: Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+}
+
+impl PairRate {
+    /// Holds `recipient` until `until` (a later hold wins); forgets holds that have passed.
+    fn hold(&self, recipient: &str, until: tokio::time::Instant) {
+        let mut map = self
+            .until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = tokio::time::Instant::now();
+        map.retain(|_, t| *t > now);
+        let entry = map.entry(recipient.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// How long a send to `recipient` must still wait, if at all.
+    fn wait(&self, recipient: &str, now: tokio::time::Instant) -> Option<Duration> {
+        let map = self
+            .until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(recipient)
+            .filter(|t| **t > now)
+            .map(|t| t.duration_since(now))
+    }
 }
 
 /// The HTTP client for Graph API calls: bounded connect and request time.
@@ -867,6 +905,7 @@ impl MetaSender {
             token,
             retry: RetryPolicy::default(),
             health: Arc::new(TokenHealth::default()),
+            pair_rate: PairRate::default(),
         }
     }
 
@@ -998,10 +1037,27 @@ impl MetaSender {
         request: reqwest::RequestBuilder,
         attempts: Attempts,
     ) -> Result<reqwest::Response, SenderError> {
+        self.call_for(what, request, attempts, None).await
+    }
+
+    /// [`Self::call`] for a message to `recipient`: waits out a pair-rate hold on it first, and
+    /// a 131056 answer holds every send to that recipient for the backoff.
+    async fn call_for(
+        &self,
+        what: &'static str,
+        request: reqwest::RequestBuilder,
+        attempts: Attempts,
+        recipient: Option<&str>,
+    ) -> Result<reqwest::Response, SenderError> {
         let request = request.bearer_auth(self.token.expose());
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if let Some(wait) =
+                recipient.and_then(|r| self.pair_rate.wait(r, tokio::time::Instant::now()))
+            {
+                tokio::time::sleep(wait).await;
+            }
             let sent = match request.try_clone() {
                 Some(r) => r.send().await,
                 None => return Err(SenderError::Unavailable("request not repeatable".into())),
@@ -1023,6 +1079,12 @@ impl MetaSender {
                     let message = error.message.unwrap_or_default();
                     if class == GraphErrorClass::TokenExpired {
                         self.health.expired(what);
+                    }
+                    if error.code == Some(PAIR_RATE)
+                        && let Some(r) = recipient
+                    {
+                        let delay = self.retry.delay(attempt, retry_after);
+                        self.pair_rate.hold(r, tokio::time::Instant::now() + delay);
                     }
                     let transient = class == GraphErrorClass::Transient
                         || (status >= 500 && class == GraphErrorClass::Other)
@@ -1074,10 +1136,11 @@ impl WhatsAppSender for MetaSender {
     async fn send(&self, to: &Recipient, message: &OutboundMessage) -> Result<String, SenderError> {
         let body = send_body(to.address.trim_start_matches('+'), message);
         let response = self
-            .call(
+            .call_for(
                 "send",
                 self.http.post(self.messages_url()).json(&body),
                 Attempts::Retried,
+                Some(to.address.as_str()),
             )
             .await?;
         let answer = response
@@ -1136,6 +1199,23 @@ impl WhatsAppSender for MetaSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pair_rate_hold_delays_that_recipient_only_and_a_later_hold_wins() {
+        let rate = PairRate::default();
+        let now = tokio::time::Instant::now();
+        rate.hold("+447700900001", now + Duration::from_secs(2));
+        rate.hold("+447700900001", now + Duration::from_secs(1));
+        assert_eq!(
+            rate.wait("+447700900001", now),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(rate.wait("+447700900002", now), None);
+        assert_eq!(
+            rate.wait("+447700900001", now + Duration::from_secs(3)),
+            None
+        );
+    }
     use serde_json::json;
 
     fn sign(secret: &[u8], body: &[u8]) -> String {
