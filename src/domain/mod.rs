@@ -23,4 +23,4 @@ pub use message::{
     ConversationInfo, DeliveryStatus, Direction, InboundContent, InboundMedia, InboundMessage,
     MediaKind, MediaRecord, MessageRecord, Pricing, StatusUpdate,
 };
-pub use outbound::{Interactive, OutboundMessage, TemplateMessage};
+pub use outbound::{Interactive, OutboundMessage, TemplateHeader, TemplateMessage, UrlButton};

@@ -85,12 +85,47 @@ pub struct TemplateMessage {
     pub language: String,
     /// Body parameters in order: `{{1}}`, `{{2}}`, …
     pub body: Vec<String>,
-    /// Quick-reply button payloads, in button order.
+    /// Quick-reply button payloads, in button order (the template's quick replies come first:
+    /// payload `i` goes to button index `i`).
     pub quick_replies: Vec<String>,
+    /// The header's parameter, for templates with a variable header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<TemplateHeader>,
+    /// The dynamic suffixes of URL buttons, each at its button index in the template.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub url_buttons: Vec<UrlButton>,
     /// Set for sends that must happen at most once even across crashes and replicas (the
     /// handoff's continuation): providers that deduplicate requests use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency: Option<Idempotency>,
+}
+
+/// A template header's parameter: text for `{{1}}` in a text header, or the media of a media
+/// header (by public link).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TemplateHeader {
+    Text {
+        text: String,
+    },
+    Image {
+        url: String,
+    },
+    Video {
+        url: String,
+    },
+    Document {
+        url: String,
+        file_name: Option<String>,
+    },
+}
+
+/// The variable part of a URL button's URL (`https://example.com/track/{{1}}`), at the
+/// button's index among the template's buttons.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UrlButton {
+    pub index: usize,
+    pub text: String,
 }
 
 /// A logical send's identity: the same key and first-sent time on every attempt, by any replica.

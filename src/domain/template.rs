@@ -196,6 +196,8 @@ impl TemplateRegistry {
             language: spec.language.clone(),
             body,
             quick_replies,
+            header: None,
+            url_buttons: Vec::new(),
             idempotency: None,
         })
     }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{FetchedMedia, Recipient, Route, SenderError, WhatsAppSender};
 use crate::acs::{AcsClient, AcsError, AcsRequest, Retry};
-use crate::domain::outbound::InteractiveAction;
+use crate::domain::outbound::{InteractiveAction, TemplateHeader};
 use crate::domain::template::{TemplateCategory, TemplateSpec, TemplateStatus};
 use crate::domain::{
     CustomerId, DeliveryStatus, InboundContent, InboundMedia, InboundMessage, MediaKind,
@@ -324,21 +324,51 @@ pub fn send_body(channel_id: &str, to: &str, message: &OutboundMessage) -> (Valu
         OutboundMessage::Template(t) => {
             // Values are named and bound by name: body[i] fills {{i+1}}.
             let mut values = Vec::new();
+            let mut header_refs = Vec::new();
             let mut body_refs = Vec::new();
-            let mut buttons = Vec::new();
+            if let Some(header) = &t.header {
+                let mut value = match header {
+                    TemplateHeader::Text { text } => json!({ "kind": "text", "text": text }),
+                    TemplateHeader::Image { url } => json!({ "kind": "image", "url": url }),
+                    TemplateHeader::Video { url } => json!({ "kind": "video", "url": url }),
+                    TemplateHeader::Document { url, file_name } => {
+                        let mut d = json!({ "kind": "document", "url": url });
+                        if let Some(f) = file_name {
+                            d["fileName"] = json!(f);
+                        }
+                        d
+                    }
+                };
+                value["name"] = json!("header1");
+                values.push(value);
+                header_refs.push(json!({ "refValue": "header1" }));
+            }
             for (i, text) in t.body.iter().enumerate() {
                 let name = format!("body{}", i + 1);
                 values.push(json!({ "kind": "text", "name": name, "text": text }));
                 body_refs.push(json!({ "refValue": name }));
             }
+            // Button bindings are positional, in the template's button order: quick replies at
+            // their implicit indexes, URL buttons at theirs.
+            let mut indexed: Vec<(usize, Value)> = Vec::new();
             for (i, payload) in t.quick_replies.iter().enumerate() {
                 let name = format!("button{}", i + 1);
                 values.push(json!({ "kind": "quickAction", "name": name, "payload": payload }));
-                buttons.push(json!({ "subType": "quickReply", "refValue": name }));
+                indexed.push((i, json!({ "subType": "quickReply", "refValue": name })));
             }
+            for button in &t.url_buttons {
+                let name = format!("url{}", button.index + 1);
+                values.push(json!({ "kind": "text", "name": name, "text": button.text }));
+                indexed.push((button.index, json!({ "subType": "url", "refValue": name })));
+            }
+            indexed.sort_by_key(|(i, _)| *i);
+            let buttons: Vec<Value> = indexed.into_iter().map(|(_, b)| b).collect();
             let mut template = json!({ "name": t.name, "language": t.language });
             if !values.is_empty() {
                 let mut bindings = json!({ "kind": "whatsApp" });
+                if !header_refs.is_empty() {
+                    bindings["header"] = json!(header_refs);
+                }
                 if !body_refs.is_empty() {
                     bindings["body"] = json!(body_refs);
                 }
@@ -723,12 +753,44 @@ mod tests {
     }
 
     #[test]
+    fn template_header_and_url_button_bind_in_button_order() {
+        let msg = OutboundMessage::Template(crate::domain::TemplateMessage {
+            name: "order_update".into(),
+            language: "en_US".into(),
+            body: vec!["Ada".into()],
+            quick_replies: vec!["yes".into()],
+            header: Some(TemplateHeader::Document {
+                url: "https://example.com/i.pdf".into(),
+                file_name: Some("invoice.pdf".into()),
+            }),
+            url_buttons: vec![crate::domain::UrlButton {
+                index: 1,
+                text: "A12345".into(),
+            }],
+            idempotency: None,
+        });
+        let (body, _) = send_body("chan", "14250000000", &msg);
+        assert_eq!(
+            body["template"],
+            json!({"name":"order_update","language":"en_US",
+                "values":[{"kind":"document","url":"https://example.com/i.pdf","fileName":"invoice.pdf","name":"header1"},
+                          {"kind":"text","name":"body1","text":"Ada"},
+                          {"kind":"quickAction","name":"button1","payload":"yes"},
+                          {"kind":"text","name":"url2","text":"A12345"}],
+                "bindings":{"kind":"whatsApp","header":[{"refValue":"header1"}],"body":[{"refValue":"body1"}],
+                            "buttons":[{"subType":"quickReply","refValue":"button1"},{"subType":"url","refValue":"url2"}]}})
+        );
+    }
+
+    #[test]
     fn template_body_binds_values_by_name() {
         let msg = OutboundMessage::Template(crate::domain::TemplateMessage {
             name: "conversation_continuation".into(),
             language: "en_US".into(),
             body: vec!["Ada".into(), "Billing".into()],
             quick_replies: vec!["h-1".into()],
+            header: None,
+            url_buttons: Vec::new(),
             idempotency: None,
         });
         let (body, preview) = send_body("chan", "14250000000", &msg);

@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use super::{FetchedMedia, Recipient, Route, SenderError, WhatsAppSender};
 use crate::acs::RetryPolicy;
 use crate::config::Secret;
-use crate::domain::outbound::InteractiveAction;
+use crate::domain::outbound::{InteractiveAction, TemplateHeader};
 use crate::domain::{
     ConversationInfo, CustomerId, DeliveryStatus, InboundContent, InboundMedia, InboundMessage,
     MediaKind, OutboundMessage, Pricing, StatusUpdate, WhatsAppProvider,
@@ -594,6 +594,25 @@ pub fn send_body(to: &str, message: &OutboundMessage) -> Value {
         ),
         OutboundMessage::Template(t) => {
             let mut components = Vec::new();
+            if let Some(header) = &t.header {
+                let parameter = match header {
+                    TemplateHeader::Text { text } => json!({ "type": "text", "text": text }),
+                    TemplateHeader::Image { url } => {
+                        json!({ "type": "image", "image": { "link": url } })
+                    }
+                    TemplateHeader::Video { url } => {
+                        json!({ "type": "video", "video": { "link": url } })
+                    }
+                    TemplateHeader::Document { url, file_name } => {
+                        let mut d = json!({ "link": url });
+                        if let Some(f) = file_name {
+                            d["filename"] = json!(f);
+                        }
+                        json!({ "type": "document", "document": d })
+                    }
+                };
+                components.push(json!({ "type": "header", "parameters": [parameter] }));
+            }
             if !t.body.is_empty() {
                 components.push(json!({ "type": "body", "parameters": t.body.iter()
                     .map(|text| json!({ "type": "text", "text": text })).collect::<Vec<_>>() }));
@@ -601,6 +620,10 @@ pub fn send_body(to: &str, message: &OutboundMessage) -> Value {
             for (i, payload) in t.quick_replies.iter().enumerate() {
                 components.push(json!({ "type": "button", "sub_type": "quick_reply",
                     "index": i.to_string(), "parameters": [{ "type": "payload", "payload": payload }] }));
+            }
+            for button in &t.url_buttons {
+                components.push(json!({ "type": "button", "sub_type": "url",
+                    "index": button.index.to_string(), "parameters": [{ "type": "text", "text": button.text }] }));
             }
             let mut template = json!({ "name": t.name, "language": { "code": t.language } });
             if !components.is_empty() {
@@ -1199,6 +1222,33 @@ impl WhatsAppSender for MetaSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn template_header_body_quick_reply_and_url_button_components() {
+        let msg = OutboundMessage::Template(crate::domain::TemplateMessage {
+            name: "order_update_v1".into(),
+            language: "en_US".into(),
+            body: vec!["Alex".into()],
+            quick_replies: vec!["YES".into()],
+            header: Some(TemplateHeader::Image {
+                url: "https://example.com/h.jpg".into(),
+            }),
+            url_buttons: vec![crate::domain::UrlButton {
+                index: 1,
+                text: "A12345".into(),
+            }],
+            idempotency: None,
+        });
+        assert_eq!(
+            send_body("16505551234", &msg),
+            json!({"messaging_product":"whatsapp","recipient_type":"individual","to":"16505551234","type":"template",
+              "template":{"name":"order_update_v1","language":{"code":"en_US"},"components":[
+                {"type":"header","parameters":[{"type":"image","image":{"link":"https://example.com/h.jpg"}}]},
+                {"type":"body","parameters":[{"type":"text","text":"Alex"}]},
+                {"type":"button","sub_type":"quick_reply","index":"0","parameters":[{"type":"payload","payload":"YES"}]},
+                {"type":"button","sub_type":"url","index":"1","parameters":[{"type":"text","text":"A12345"}]}]}})
+        );
+    }
 
     #[test]
     fn a_pair_rate_hold_delays_that_recipient_only_and_a_later_hold_wins() {
