@@ -6,6 +6,7 @@
 //! that cannot be understood is an error for the caller to log and skip, never a reason to drop
 //! the call.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use base64::Engine;
@@ -73,6 +74,11 @@ pub enum FrameError {
 
 /// Parses one text frame from ACS.
 pub fn parse_frame(text: &str) -> Result<MediaFrame, FrameError> {
+    // 50 audio frames a second per call: read the usual shape straight into a struct that
+    // borrows from the text (no `Value` tree); anything else takes the lenient path below.
+    if let Some(frame) = audio_fast_path(text) {
+        return frame;
+    }
     let value: Value = serde_json::from_str(text).map_err(|e| FrameError::Json(e.to_string()))?;
     let Value::Object(envelope) = value else {
         return Err(FrameError::NoKind);
@@ -152,6 +158,46 @@ pub fn parse_frame(text: &str) -> Result<MediaFrame, FrameError> {
         }
         _ => Ok(MediaFrame::Other { kind }),
     }
+}
+
+/// `{"kind":"AudioData","audioData":{"data":…,"silent":…,"participantRawID":…}}` exactly as
+/// ACS spells it; `None` for any other shape, which then gets the case-insensitive parse.
+fn audio_fast_path(text: &str) -> Option<Result<MediaFrame, FrameError>> {
+    #[derive(serde::Deserialize)]
+    struct Frame<'a> {
+        #[serde(borrow)]
+        kind: Cow<'a, str>,
+        #[serde(rename = "audioData", borrow)]
+        audio_data: Option<Audio<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Audio<'a> {
+        #[serde(borrow)]
+        data: Option<Cow<'a, str>>,
+        silent: Option<bool>,
+        #[serde(rename = "participantRawID", borrow)]
+        participant: Option<Cow<'a, str>>,
+    }
+    let frame: Frame = serde_json::from_str(text).ok()?;
+    if !frame.kind.eq_ignore_ascii_case("audiodata") {
+        return None;
+    }
+    let audio = frame.audio_data?;
+    let data = audio.data?;
+    Some(match B64.decode(data.as_bytes()) {
+        Ok(pcm) => Ok(MediaFrame::Audio {
+            pcm,
+            silent: audio.silent.unwrap_or(false),
+            participant: audio
+                .participant
+                .filter(|p| !p.is_empty())
+                .map(Cow::into_owned),
+        }),
+        Err(_) => Err(FrameError::BadField {
+            kind: frame.kind.into_owned(),
+            field: "data",
+        }),
+    })
 }
 
 fn get_ci<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -435,5 +481,25 @@ mod tests {
         assert_eq!(s.finish(), None);
         let mut s = SentenceSplitter::default();
         assert_eq!(s.push("He said \"stop.\" Then"), vec!["He said \"stop.\""]);
+    }
+
+    #[test]
+    fn the_audio_fast_path_reads_what_the_lenient_path_reads() {
+        let fast = r#"{"kind":"AudioData","audioData":{"timestamp":"2024-11-15T19:16:12.925Z","participantRawID":"4:+15551234567","data":"AAEC","silent":true}}"#;
+        // Different casing misses the fast path and takes the case-insensitive one.
+        let lenient = r#"{"Kind":"AudioData","AudioData":{"Timestamp":"2024-11-15T19:16:12.925Z","ParticipantRawID":"4:+15551234567","Data":"AAEC","Silent":true}}"#;
+        assert!(audio_fast_path(fast).is_some());
+        assert!(audio_fast_path(lenient).is_none());
+        let expected = MediaFrame::Audio {
+            pcm: vec![0, 1, 2],
+            silent: true,
+            participant: Some("4:+15551234567".into()),
+        };
+        assert_eq!(parse_frame(fast).unwrap(), expected);
+        assert_eq!(parse_frame(lenient).unwrap(), expected);
+        // A shape the struct refuses (silent as a string) still parses leniently.
+        let odd = r#"{"kind":"AudioData","audioData":{"data":"AAEC","silent":"no"}}"#;
+        assert!(audio_fast_path(odd).is_none());
+        assert!(matches!(parse_frame(odd), Ok(MediaFrame::Audio { .. })));
     }
 }
