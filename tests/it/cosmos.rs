@@ -253,12 +253,14 @@ async fn expired_claims_are_swept_and_a_lapsed_claim_is_taken_over() {
     let server = CosmosServer::start();
     let store = CosmosStore::new(&cosmos_settings(&server, "ttl")).unwrap();
     assert_eq!(
-        store.claim("swept", Duration::from_secs(1)).await.unwrap(),
+        store.claim("swept", Duration::from_secs(3)).await.unwrap(),
         Claim::Fresh
     );
+    // A 3 s TTL: long enough that a loaded CI machine still sees the item before the sweep
+    // (a 1 s TTL once lost that race), short enough to wait for.
     let path = "/dbs/ttl/colls/claims/docs/swept";
     assert_eq!(raw_get_in(&server, path, Some("swept")).await.0, 200);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while raw_get_in(&server, path, Some("swept")).await.0 != 404 {
         assert!(
             Instant::now() < deadline,
