@@ -25,6 +25,7 @@ pub(crate) async fn drive(
     progress: &Progress,
 ) -> LoadFigures {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let total = bodies.len();
     let url = url.to_owned();
     let label = label.to_owned();
     let quiet = progress.quiet;
@@ -36,15 +37,15 @@ pub(crate) async fn drive(
                 .build()
             {
                 Ok(rt) => rt.block_on(run(&url, bodies, connections, &label, quiet)),
-                Err(_) => LoadFigures::failed(connections),
+                Err(e) => LoadFigures::failed(connections, total, &format!("no runtime: {e}")),
             };
             let _ = tx.send(figures);
         });
-    if spawned.is_err() {
-        return LoadFigures::failed(connections);
+    if let Err(e) = spawned {
+        return LoadFigures::failed(connections, total, &format!("no thread: {e}"));
     }
     rx.await
-        .unwrap_or_else(|_| LoadFigures::failed(connections))
+        .unwrap_or_else(|_| LoadFigures::failed(connections, total, "the generator thread ended"))
 }
 
 async fn run(
@@ -56,7 +57,11 @@ async fn run(
 ) -> LoadFigures {
     let connections = connections.max(1);
     let Some((authority, path)) = split_url(url) else {
-        return LoadFigures::failed(connections);
+        return LoadFigures::failed(
+            connections,
+            bodies.len(),
+            &format!("not a loopback http URL: {url}"),
+        );
     };
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));

@@ -33,12 +33,14 @@ pub struct LoadFigures {
 }
 
 impl LoadFigures {
-    /// The load generator could not run at all (no thread, no runtime, a malformed URL).
-    pub(crate) fn failed(connections: usize) -> Self {
+    /// The load generator could not run at all (no thread, no runtime, a malformed URL): every
+    /// request counts as an error, and why is said on stderr.
+    pub(crate) fn failed(connections: usize, unsent: usize, why: &str) -> Self {
+        eprintln!("bench: the load generator could not run: {why}");
         Self {
             connections,
             requests: 0,
-            errors: 0,
+            errors: unsent,
             seconds: 0.0,
             per_sec: 0.0,
             p50_us: 0,

@@ -104,19 +104,14 @@ impl EmbeddedDb {
         op: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |txn| {
+        self.submit(move |txn| {
+            // Caught here so that the caller learns of the panic; `submit` only logs it.
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| op(txn)))
                 .unwrap_or_else(|_| Err(StoreError::backend(BACKEND, "write operation panicked")));
             Box::new(move |committed: Result<(), StoreError>| {
                 let _ = tx.send(committed.and(result));
             })
-        });
-        self.inner
-            .jobs
-            .as_ref()
-            .ok_or_else(|| StoreError::unavailable(BACKEND, "closing"))?
-            .send(job)
-            .map_err(|_| StoreError::unavailable(BACKEND, "writer thread stopped"))?;
+        })?;
         rx.await.map_err(|_| {
             StoreError::unavailable(BACKEND, "the write transaction could not be started")
         })?
