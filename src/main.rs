@@ -30,6 +30,10 @@ enum Command {
     /// Load and performance harness: drives an in-process service over loopback (see
     /// docs/performance.md). Modes: baseline, ingest, calls, handoff (default: all).
     Bench(handoff::bench::BenchArgs),
+    /// The callers of `bench calls`, in a process of their own (started by the bench; reads
+    /// its plan on stdin).
+    #[command(hide = true)]
+    BenchCallers,
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Demo => return demo(),
         Command::Bench(args) => return bench(&args),
+        Command::BenchCallers => {
+            return match handoff::bench::callers::main() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("handoff bench-callers: {err}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Serve => {}
     }
     let settings = match Settings::from_env() {
@@ -56,7 +69,9 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Demo | Command::Bench(_) => unreachable!("handled above"),
+            Command::Demo | Command::Bench(_) | Command::BenchCallers => {
+                unreachable!("handled above")
+            }
             Command::Serve => {
                 let app = App::build(settings).await?;
                 // One plain line on stdout for operators and scripts (the port may be 0).

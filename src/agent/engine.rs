@@ -56,6 +56,14 @@ pub struct TurnOutcome {
     pub tool_results: Vec<ToolResult>,
 }
 
+impl TurnOutcome {
+    /// Without the space that ended a round before tools when no words followed them.
+    fn trimmed(mut self) -> Self {
+        self.text.truncate(self.text.trim_end().len());
+        self
+    }
+}
+
 /// Runs one turn. `on_text` receives each piece of reply text in order.
 pub async fn run_turn(
     agent: &dyn Agent,
@@ -91,7 +99,15 @@ pub async fn run_turn(
             }
         }
         if calls.is_empty() {
-            return Ok(outcome);
+            return Ok(outcome.trimmed());
+        }
+        // The round's text is final: a sentence it ends ("Let me check the wait.") is complete
+        // now, so it may be spoken while the tools run. A sentence splitter waits for the
+        // whitespace after a terminator, which would otherwise come only with the next round's
+        // first word, after the tools (a durable write, a remote call).
+        if round_started && !outcome.text.ends_with(char::is_whitespace) {
+            on_text(" ");
+            outcome.text.push(' ');
         }
         for call in calls {
             let result = match ToolRequest::parse(&call) {
@@ -117,7 +133,7 @@ pub async fn run_turn(
         rounds = MAX_ROUNDS,
         "agent kept asking for tools; turn cut off"
     );
-    Ok(outcome)
+    Ok(outcome.trimmed())
 }
 
 #[cfg(test)]
@@ -160,7 +176,7 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(streamed, outcome.text);
+        assert_eq!(streamed.trim_end(), outcome.text);
         assert_eq!(
             outcome.text.matches(OFFER_QUESTION).count(),
             1,
@@ -187,5 +203,59 @@ mod tests {
                 "offer_whatsapp_handoff"
             ]
         );
+    }
+
+    /// Records what had been streamed when each tool ran.
+    struct Witness(
+        std::sync::Arc<std::sync::Mutex<String>>,
+        std::sync::Mutex<Vec<String>>,
+    );
+
+    #[async_trait]
+    impl ToolHost for Witness {
+        async fn run(&self, request: ToolRequest, call: &ToolCall) -> ToolOutcome {
+            let so_far = self.0.lock().unwrap().clone();
+            self.1.lock().unwrap().push(so_far);
+            Host.run(request, call).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sentence_that_ends_a_round_is_complete_before_the_tools_run() {
+        let ctx =
+            CustomerContext::new(CustomerId::parse_phone("+14255550123").unwrap(), Utc::now());
+        let request = AgentRequest::new(
+            ctx,
+            Channel::Voice,
+            AgentInput::Text {
+                text: "My power is out since this morning".into(),
+            },
+        );
+        let streamed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let host = Witness(streamed.clone(), Default::default());
+        let sink = streamed.clone();
+        let outcome = run_turn(&ScriptedAgent, &host, request, &mut |d| {
+            sink.lock().unwrap().push_str(d)
+        })
+        .await
+        .unwrap();
+        let seen = host.1.lock().unwrap().clone();
+        // The first tool ran after "…the wait is. " was streamed: with the space, a sentence
+        // splitter has the sentence and it is played while the tools run.
+        assert_eq!(seen[0], "Thanks, let me check how long the wait is. ");
+        let mut splitter = crate::voice::media::SentenceSplitter::default();
+        assert_eq!(
+            splitter.push(&seen[0]),
+            ["Thanks, let me check how long the wait is."]
+        );
+        // The words are the same as before: one space between rounds, none at the end.
+        assert!(
+            outcome
+                .text
+                .starts_with("Thanks, let me check how long the wait is. All our colleagues"),
+            "{}",
+            outcome.text
+        );
+        assert!(!outcome.text.ends_with(' '), "{:?}", outcome.text);
     }
 }

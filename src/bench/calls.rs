@@ -5,31 +5,29 @@
 //! call.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::{BenchArgs, BenchError, CallsReport, Progress, Service, percentile, process_usage};
+use super::callers::{CallerOutcome, CallerPlan, Connected, PlannedCall};
+use super::{
+    BenchArgs, BenchError, CallsReport, Progress, Service, percentile, process_usage,
+    process_usage_of,
+};
 use crate::domain::CustomerId;
-use crate::simulate::{self, MediaSocket};
+use crate::simulate;
+use crate::store::embedded::WRITER_TOTALS;
 use crate::voice::sandbox::VoiceAction;
 
 /// Calls being set up at once (Event Grid delivery, answer, socket).
 const RINGING: usize = 32;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// After the streams stop: time for the last turns to be answered.
-const SETTLE: Duration = Duration::from_secs(1);
-
-/// A `Final` transcription: the call and when it was sent.
-type FinalSent = (String, DateTime<Utc>);
-
-/// One call's socket, connected and waiting for the start.
-struct Connected {
-    call_id: String,
-    socket: MediaSocket,
-}
+pub(super) const SETTLE: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsReport, BenchError> {
     let service = Service::start(args, true, |s| {
@@ -94,101 +92,56 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
             let url = sandbox.media_url(&call_id)?;
-            let socket = MediaSocket::connect(&url, &phone).await.ok()?;
-            Some(Connected { call_id, socket })
+            Some(PlannedCall {
+                call_id,
+                url,
+                phone,
+            })
         }));
     }
-    let mut connected = Vec::with_capacity(k);
+    let mut planned = Vec::with_capacity(k);
     for (i, setup) in setups.into_iter().enumerate() {
         if let Ok(Some(c)) = setup.await {
-            connected.push(c);
+            planned.push(c);
         }
         if (i + 1) % 100 == 0 {
-            progress.say(format!("calls: {} of {k} set up", i + 1));
+            progress.say(format!("calls: {} of {k} answered", i + 1));
         }
     }
-    progress.say(format!(
-        "calls: {} connected; streaming {} s of audio each",
-        connected.len(),
-        args.call_seconds
-    ));
-
-    // 640 bytes of 16 kHz PCM16 (20 ms) → 856 base64 characters, as ACS sends.
-    let pcm: Vec<u8> = (0..640u32).map(|i| (i * 7 % 251) as u8).collect();
-    let payload = base64::engine::general_purpose::STANDARD.encode(pcm);
-    let finals: Arc<Mutex<Vec<FinalSent>>> = Arc::default();
-    let frames = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let streaming = Duration::from_secs(args.call_seconds.max(1));
-    let turn_every = Duration::from_secs(args.turn_every.max(1));
+    let mut callers = Callers::start(
+        args,
+        &CallerPlan {
+            calls: planned,
+            seconds: args.call_seconds,
+            turn_every: args.turn_every,
+        },
+    )
+    .await?;
+    let connected_calls = callers.connected(SETUP_TIMEOUT).await?;
     let (_, cpu_before) = process_usage();
+    let writer_before = WRITER_TOTALS.snapshot();
+    let callers_before = callers.usage();
     let started = Instant::now();
-    let end = tokio::time::Instant::now() + streaming;
-    let connected_calls = connected.len();
-    let n = connected_calls.max(1);
-    let mut streams = Vec::with_capacity(connected.len());
-    for (i, mut call) in connected.into_iter().enumerate() {
-        let payload = payload.clone();
-        let finals = finals.clone();
-        let frames = frames.clone();
-        streams.push(tokio::spawn(async move {
-            let frame = call.socket.audio_frame_text(&payload, false);
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            // Spread the calls' turns over the interval.
-            let offset = turn_every.mul_f64(i as f64 / n as f64);
-            let mut next_final = tokio::time::Instant::now() + offset;
-            let mut utterance = 0u64;
-            let mut sent = 0u64;
-            loop {
-                let now = tick.tick().await;
-                if now >= end {
-                    break;
-                }
-                if call.socket.send_rendered(&frame).await.is_err() {
-                    break;
-                }
-                sent += 1;
-                if now >= next_final {
-                    utterance += 1;
-                    let text = format!("I am calling about my bill, question number {utterance}.");
-                    let at = Utc::now();
-                    if call
-                        .socket
-                        .transcription(&text, true, utterance * 30_000_000)
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                    finals
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((call.call_id.clone(), at));
-                    next_final += turn_every;
-                }
-            }
-            frames.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
-            call.socket
-        }));
-    }
+    progress.say(format!(
+        "calls: {connected_calls} connected (callers in process {}); streaming {} s of audio each",
+        callers.pid, args.call_seconds
+    ));
     // Memory while every call streams (half way through).
     tokio::time::sleep(streaming / 2).await;
     let (rss_streaming, _) = process_usage();
+    let (callers_rss, _) = callers.usage();
     progress.say(format!(
-        "calls: streaming; resident memory {rss_before} → {rss_streaming} kB"
+        "calls: streaming; the service's resident memory {rss_before} → {rss_streaming} kB"
     ));
-    let mut sockets = Vec::with_capacity(streams.len());
-    for s in streams {
-        if let Ok(socket) = s.await {
-            sockets.push(socket);
-        }
-    }
+    tokio::time::sleep(streaming.saturating_sub(started.elapsed())).await;
     let streamed = started.elapsed();
     let (_, cpu_after) = process_usage();
-    tokio::time::sleep(SETTLE).await;
-    for socket in sockets {
-        socket.close().await;
-    }
+    let writer_after = WRITER_TOTALS.snapshot();
+    let callers_after = callers.usage();
+    let outcome = callers.outcome(streaming + SETUP_TIMEOUT).await?;
+    let frames = outcome.frames;
+    let finals = outcome.finals;
 
     // Match each Final with the first play requested on its call at or after it.
     let mut plays: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
@@ -200,7 +153,6 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
             plays.entry(call_connection_id).or_default().push(at);
         }
     }
-    let finals = std::mem::take(&mut *finals.lock().unwrap_or_else(|p| p.into_inner()));
     let mut latencies = Vec::with_capacity(finals.len());
     for (call_id, sent) in &finals {
         if let Some(at) = plays
@@ -217,7 +169,7 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
         calls: k,
         connected: connected_calls,
         streamed_seconds: streamed.as_secs_f64(),
-        audio_frames: frames.load(std::sync::atomic::Ordering::Relaxed),
+        audio_frames: frames,
         finals: finals.len(),
         turns_answered: latencies.len(),
         turn_p50_us: percentile(&latencies, 50.0),
@@ -229,6 +181,14 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
         rss_before_kb: rss_before,
         rss_streaming_kb: rss_streaming,
         rss_per_call_kb: rss_streaming.saturating_sub(rss_before) as f64 / k as f64,
+        callers_cpu_cores_busy: callers_after
+            .1
+            .saturating_sub(callers_before.1)
+            .as_secs_f64()
+            / streamed.as_secs_f64().max(1e-9),
+        callers_rss_kb: callers_rss,
+        durable_commits: writer_after.0 - writer_before.0,
+        durable_operations: writer_after.1 - writer_before.1,
         media_failures: stats.media_failures,
         malformed_frames: stats.malformed_frames,
         complete: false,
@@ -245,4 +205,87 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
         && report.media_failures == 0
         && report.malformed_frames == 0;
     Ok(CallsReport { complete, ..report })
+}
+
+/// The callers' process (`handoff bench-callers`, see [`super::callers`]).
+struct Callers {
+    child: tokio::process::Child,
+    pid: u32,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Callers {
+    /// Starts the callers' process and hands it the plan.
+    async fn start(args: &BenchArgs, plan: &CallerPlan) -> Result<Self, BenchError> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            BenchError::Failed(format!("the callers' process: {what}: {e}"))
+        };
+        let exe = match &args.callers_exe {
+            Some(exe) => exe.clone(),
+            None => std::env::current_exe().map_err(|e| failed("no executable", &e))?,
+        };
+        let mut child = tokio::process::Command::new(&exe)
+            .arg("bench-callers")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(&format!("cannot start {}", exe.display()), &e))?;
+        let pid = child.id().unwrap_or_default();
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(BenchError::Failed(
+                "the callers' process has no pipes".into(),
+            ));
+        };
+        let body = serde_json::to_vec(plan).map_err(|e| failed("plan", &e))?;
+        stdin
+            .write_all(&body)
+            .await
+            .map_err(|e| failed("cannot send the plan", &e))?;
+        drop(stdin);
+        Ok(Self {
+            child,
+            pid,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// Waits for every socket to be connected; how many are.
+    async fn connected(&mut self, within: Duration) -> Result<usize, BenchError> {
+        let line: Connected = self.next(within, "their connections").await?;
+        Ok(line.connected)
+    }
+
+    /// The callers' resident memory (kB) and CPU time.
+    fn usage(&self) -> (u64, Duration) {
+        process_usage_of(&self.pid.to_string())
+    }
+
+    /// Waits for the callers' report and their exit.
+    async fn outcome(mut self, within: Duration) -> Result<CallerOutcome, BenchError> {
+        let outcome = self.next(within, "what they sent").await?;
+        let _ = self.child.wait().await;
+        Ok(outcome)
+    }
+
+    async fn next<T: DeserializeOwned>(
+        &mut self,
+        within: Duration,
+        what: &str,
+    ) -> Result<T, BenchError> {
+        let line = match tokio::time::timeout(within, self.lines.next_line()).await {
+            Err(_) => format!("did not report {what} within {within:?}"),
+            Ok(Err(e)) => format!("cannot read {what}: {e}"),
+            Ok(Ok(None)) => format!("ended without reporting {what}"),
+            Ok(Ok(Some(line))) => {
+                return serde_json::from_str(&line).map_err(|e| {
+                    BenchError::Failed(format!(
+                        "the callers' process reported {what} as {line:?}: {e}"
+                    ))
+                });
+            }
+        };
+        Err(BenchError::Failed(format!("the callers' process {line}")))
+    }
 }

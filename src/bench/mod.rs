@@ -10,9 +10,11 @@
 //! - `calls`: concurrent calls streaming real-time audio with a `Final` every few seconds;
 //! - `handoff`: complete handoffs with the scripted agent, step by step.
 //!
-//! The load generator runs in the same process, on the same cores, as the service: every figure
-//! is what the machine does for both sides at once.
+//! The HTTP load generator runs in the same process, on the same cores, as the service (on a
+//! runtime thread of its own); the callers of `calls` run in a process of their own
+//! ([`callers`]), so that the service's CPU and memory per call can be read alone.
 
+pub mod callers;
 mod calls;
 mod ingest;
 mod load;
@@ -74,6 +76,10 @@ pub struct BenchArgs {
     /// Cosmos DB account key.
     #[arg(long)]
     pub cosmos_key: Option<String>,
+    /// The `handoff` executable that runs the callers of `calls` in a process of their own
+    /// (default: this executable).
+    #[arg(long, hide = true)]
+    pub callers_exe: Option<std::path::PathBuf>,
     /// Print the report as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -99,6 +105,7 @@ impl Default for BenchArgs {
             redis_url: None,
             cosmos_endpoint: None,
             cosmos_key: None,
+            callers_exe: None,
             json: false,
             quiet: false,
         }
@@ -254,7 +261,13 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 /// This process's resident memory (kB) and CPU time (user + system), from /proc.
 pub(crate) fn process_usage() -> (u64, Duration) {
-    let rss = std::fs::read_to_string("/proc/self/status")
+    process_usage_of("self")
+}
+
+/// A process's resident memory (kB) and CPU time (user + system), from /proc/`pid` (zero when
+/// it cannot be read, e.g. the process has ended).
+pub(crate) fn process_usage_of(pid: &str) -> (u64, Duration) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -263,7 +276,7 @@ pub(crate) fn process_usage() -> (u64, Duration) {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0);
-    let cpu = std::fs::read_to_string("/proc/self/stat")
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             // Fields after the command name (which may hold spaces) start after the last ')'.

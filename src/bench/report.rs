@@ -113,12 +113,20 @@ pub struct CallsReport {
     pub turn_p95_us: u64,
     pub turn_p99_us: u64,
     pub turn_max_us: u64,
-    /// CPU (user + system) of the whole process while the calls streamed.
+    /// CPU (user + system) of the service's process while the calls streamed (the callers run
+    /// in a process of their own).
     pub cpu_seconds: f64,
     pub cpu_cores_busy: f64,
+    /// The service's resident memory before the calls and half way through streaming.
     pub rss_before_kb: u64,
     pub rss_streaming_kb: u64,
     pub rss_per_call_kb: f64,
+    /// The callers' process: cores busy while streaming, resident memory half way through.
+    pub callers_cpu_cores_busy: f64,
+    pub callers_rss_kb: u64,
+    /// Embedded group commits while streaming, and the operations they carried.
+    pub durable_commits: u64,
+    pub durable_operations: u64,
     pub media_failures: u64,
     pub malformed_frames: u64,
     /// Every call connected, streamed, and had every `Final` answered.
@@ -242,11 +250,19 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "            CPU {:.2} cores busy; RSS {} → {} kB = {:.1} kB per call; media failures {}, malformed {}; complete: {}",
+                "            service: CPU {:.2} cores busy; RSS {} → {} kB = {:.1} kB per call; callers' process: CPU {:.2} cores, RSS {} kB",
                 c.cpu_cores_busy,
                 c.rss_before_kb,
                 c.rss_streaming_kb,
                 c.rss_per_call_kb,
+                c.callers_cpu_cores_busy,
+                c.callers_rss_kb
+            );
+            let _ = writeln!(
+                out,
+                "            {} durable commits carrying {} writes; media failures {}, malformed {}; complete: {}",
+                c.durable_commits,
+                c.durable_operations,
                 c.media_failures,
                 c.malformed_frames,
                 if c.complete { "yes" } else { "NO" }

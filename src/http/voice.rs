@@ -79,13 +79,23 @@ async fn callbacks(
     Ok(StatusCode::OK)
 }
 
+/// The media socket's read buffer. tungstenite zero-fills the whole free part of its read buffer
+/// before every `read` (`FrameCodec::read_in`), and the default is 128 KiB: with ACS's ~1 KiB
+/// audio frames arriving 50 times a second, that memset was a fifth of the service's CPU in
+/// `bench calls` and the 128 KiB, once touched, stayed resident for every call
+/// (docs/performance.md). Larger frames (a long transcription) still arrive whole: the buffer
+/// grows for them.
+const MEDIA_READ_BUFFER: usize = 8 * 1024;
+
 async fn media_ws(
     State(state): State<AppState>,
     Query(query): Query<TokenQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let service = state.voice.clone();
-    upgrade.on_upgrade(move |socket| call::serve_media_socket(service, query.token, socket))
+    upgrade
+        .read_buffer_size(MEDIA_READ_BUFFER)
+        .on_upgrade(move |socket| call::serve_media_socket(service, query.token, socket))
 }
 
 async fn stats(State(state): State<AppState>) -> impl IntoResponse {

@@ -16,6 +16,9 @@ fn tiny(modes: Vec<Mode>) -> BenchArgs {
         handoffs: 3,
         handoff_concurrency: 2,
         quiet: true,
+        // The callers of `calls` run in a process of their own: this test binary is not
+        // `handoff`.
+        callers_exe: Some(env!("CARGO_BIN_EXE_handoff").into()),
         ..BenchArgs::default()
     }
 }
