@@ -155,6 +155,7 @@ pub async fn run_call(
     // Socket reader: parse frames; a malformed frame is logged and skipped.
     let (frame_tx, frame_rx) = mpsc::channel::<MediaFrame>(FRAME_BUFFER);
     let reader_stats = stats.clone();
+    let barge_in = service.settings.voice.barge_in;
     let reader = tokio::spawn(async move {
         while let Some(message) = stream.next().await {
             let text = match message {
@@ -167,6 +168,10 @@ pub async fn run_call(
                 Ok(_) => continue,
             };
             match parse_frame(text.as_str()) {
+                // 50 audio frames a second: those that cannot change the conversation (all of
+                // them unless barge-in listens to audio) do not wake the session.
+                Ok(MediaFrame::Audio { silent, .. })
+                    if barge_in != BargeIn::Audio || silent => {}
                 Ok(frame) => {
                     if frame_tx.send(frame).await.is_err() {
                         break;
