@@ -11,6 +11,7 @@
 //!   applied with ETag compare-and-swap. A status for a message not (yet) recorded is kept in
 //!   the `orphan` partition and merged when the send is recorded.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -33,6 +34,21 @@ pub const INBOX_CONTAINER: &str = "inbox";
 pub const MESSAGES_CONTAINER: &str = "messages";
 const ORPHANS: &str = "orphan";
 const CAS_ATTEMPTS: u32 = 8;
+
+/// The first of `n` consecutive arrival seqs: the clock (16 per microsecond, so that replicas
+/// interleave by time), never repeating or going backwards within this process. Across
+/// replicas two entries may still share a seq; a seq only orders, the entry id identifies.
+fn arrival_seqs(n: usize) -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = now_micros().saturating_mul(16);
+    let n = n.max(1) as u64;
+    let prev = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(last.max(now).saturating_add(n))
+        })
+        .unwrap_or(0);
+    prev.max(now)
+}
 
 fn now_micros() -> u64 {
     SystemTime::now()
@@ -95,7 +111,7 @@ impl CosmosInbox {
 impl Inbox for CosmosInbox {
     async fn append(&self, entries: Vec<NewEntry>) -> Result<Vec<Appended>, StoreError> {
         let container = self.container.get().await?;
-        let base = now_micros().saturating_mul(16);
+        let base = arrival_seqs(entries.len());
         let mut created: Vec<(String, String)> = Vec::new();
         let mut out = Vec::with_capacity(entries.len());
         for (i, entry) in entries.into_iter().enumerate() {
@@ -391,5 +407,20 @@ impl MessageLog for CosmosMessageLog {
             .map_err(|e| map_error(&e))?;
         docs.sort_by_key(|d| d.seq);
         Ok(docs.into_iter().map(|d| d.record).collect())
+    }
+}
+
+#[cfg(test)]
+mod seq_tests {
+    use super::arrival_seqs;
+
+    #[test]
+    fn arrival_seqs_never_repeat_within_a_process_even_in_one_microsecond() {
+        let mut last = arrival_seqs(1);
+        for n in [1, 40, 1, 17, 1] {
+            let base = arrival_seqs(n);
+            assert!(base > last, "{base} after {last}");
+            last = base + n as u64 - 1;
+        }
     }
 }

@@ -170,8 +170,7 @@ pub async fn run_call(
             match parse_frame(text.as_str()) {
                 // 50 audio frames a second: those that cannot change the conversation (all of
                 // them unless barge-in listens to audio) do not wake the session.
-                Ok(MediaFrame::Audio { silent, .. })
-                    if barge_in != BargeIn::Audio || silent => {}
+                Ok(MediaFrame::Audio { silent, .. }) if barge_in != BargeIn::Audio || silent => {}
                 Ok(frame) => {
                     if frame_tx.send(frame).await.is_err() {
                         break;

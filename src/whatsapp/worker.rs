@@ -55,10 +55,13 @@ impl Default for Dispatcher {
 
 #[derive(Default)]
 struct DispatchState {
-    /// Entries dispatched and not yet completed.
-    known: HashSet<u64>,
+    /// Entries dispatched and not yet completed, by id. Not by `seq`: a seq orders a customer's
+    /// entries but need not be unique (Cosmos DB's come from the clock, and two deliveries
+    /// appended in the same microsecond, or on two replicas, share one); keyed by seq, the
+    /// second entry was taken for the first and left pending.
+    known: HashSet<String>,
     /// Completed recently: a sweep that read before the completion must not re-dispatch them.
-    completed: HashMap<u64, Instant>,
+    completed: HashMap<String, Instant>,
     /// Queues of the partitions a task is working on.
     active: HashMap<String, VecDeque<InboxEntry>>,
     /// Partitions that need a task.
@@ -69,7 +72,7 @@ impl Dispatcher {
     /// Queues an entry for its partition's task (called after the entry is durable).
     pub(super) fn submit(&self, entry: InboxEntry) {
         let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if s.completed.contains_key(&entry.seq) || !s.known.insert(entry.seq) {
+        if s.completed.contains_key(&entry.id) || !s.known.insert(entry.id.clone()) {
             return;
         }
         let partition = entry.partition.clone();
@@ -105,22 +108,22 @@ impl Dispatcher {
         }
     }
 
-    fn done(&self, seqs: &[u64]) {
+    fn done(&self, ids: &[&str]) {
         let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        for seq in seqs {
-            s.known.remove(seq);
-            s.completed.insert(*seq, now);
+        for id in ids {
+            s.known.remove(*id);
+            s.completed.insert((*id).to_owned(), now);
         }
         s.completed
             .retain(|_, at| now.duration_since(*at) < SWEEP_INTERVAL * 3);
     }
 
     /// Forgets entries that failed, so the sweep picks them up again.
-    fn abandon(&self, seqs: &[u64]) {
+    fn abandon(&self, ids: &[&str]) {
         let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        for seq in seqs {
-            s.known.remove(seq);
+        for id in ids {
+            s.known.remove(*id);
         }
     }
 }
@@ -271,7 +274,7 @@ impl WhatsApp {
         let mut rounds = 0;
         loop {
             while let Some(run) = take_run(&mut pending) {
-                let seqs: Vec<u64> = run.iter().map(|e| e.seq).collect();
+                let first_seq = run.first().map(|e| e.seq);
                 let keys: Vec<EntryKey> = run.iter().map(InboxEntry::key).collect();
                 let permit = self.dispatcher.permits.acquire().await;
                 let handled_run = self.handle_run(run, &mut new_messages).await;
@@ -279,11 +282,15 @@ impl WhatsApp {
                 match handled_run {
                     Ok(()) => handled.extend(keys),
                     Err(err) => {
-                        tracing::warn!(error = %err, seq = seqs[0], "whatsapp inbox entries failed; left for the sweep");
+                        tracing::warn!(error = %err, seq = first_seq, "whatsapp inbox entries failed; left for the sweep");
                         // Keep order: these and everything after them wait for the sweep.
-                        let mut left = seqs;
-                        left.extend(pending.iter().map(|e| e.seq));
-                        left.extend(self.dispatcher.take_more(partition).iter().map(|e| e.seq));
+                        let more = self.dispatcher.take_more(partition);
+                        let left: Vec<&str> = keys
+                            .iter()
+                            .map(|k| k.id.as_str())
+                            .chain(pending.iter().map(|e| e.id.as_str()))
+                            .chain(more.iter().map(|e| e.id.as_str()))
+                            .collect();
                         self.dispatcher.abandon(&left);
                         self.finish(&handled).await;
                         return;
@@ -313,12 +320,12 @@ impl WhatsApp {
         if handled.is_empty() {
             return;
         }
-        let seqs: Vec<u64> = handled.iter().map(|k| k.seq).collect();
+        let ids: Vec<&str> = handled.iter().map(|k| k.id.as_str()).collect();
         match self.inbox.complete(handled.to_vec()).await {
-            Ok(()) => self.dispatcher.done(&seqs),
+            Ok(()) => self.dispatcher.done(&ids),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot complete whatsapp inbox entries");
-                self.dispatcher.abandon(&seqs);
+                self.dispatcher.abandon(&ids);
             }
         }
     }
@@ -795,5 +802,49 @@ mod opt_tests {
             }),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod dispatcher_tests {
+    use super::*;
+    use crate::domain::{DeliveryStatus, StatusUpdate};
+
+    fn entry(id: &str, seq: u64) -> InboxEntry {
+        InboxEntry {
+            id: id.into(),
+            seq,
+            partition: "+14255550123".into(),
+            event: InboxEvent::Status(StatusUpdate {
+                message_id: id.into(),
+                status: DeliveryStatus::Sent,
+                customer: None,
+                at: chrono::Utc::now(),
+                error_code: None,
+                pricing: None,
+                conversation: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn entries_that_share_a_seq_are_both_dispatched_and_completed_apart() {
+        let d = Dispatcher::default();
+        // Cosmos DB seqs come from the clock: two deliveries in one microsecond share one.
+        d.submit(entry("a", 7));
+        d.submit(entry("b", 7));
+        // A sweep that read before anything was handled submits them again: no repeat.
+        d.submit(entry("a", 7));
+        let taken = d.take("+14255550123");
+        let ids: Vec<&str> = taken.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        d.done(&["a"]);
+        // A sweep that read before "a" was completed does not bring it back; "b", abandoned
+        // after a failure, is dispatched again.
+        d.abandon(&["b"]);
+        d.submit(entry("a", 7));
+        d.submit(entry("b", 7));
+        let again: Vec<String> = d.take("+14255550123").into_iter().map(|e| e.id).collect();
+        assert_eq!(again, ["b"]);
     }
 }
