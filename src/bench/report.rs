@@ -168,7 +168,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "handoff bench: backend {}, {} cores (load generator in the same process)",
+            "handoff bench: backend {}, {} cores (HTTP load generator in the same process; the callers of `calls` in their own)",
             self.backend, self.cores
         );
         let load_row = |out: &mut String, name: &str, l: &LoadFigures| {
