@@ -1,8 +1,9 @@
 //! `calls`: K concurrent calls, each answered through Event Grid and the sandbox Call
 //! Automation, each streaming 20 ms audio frames at real time over its media WebSocket with a
 //! `Final` transcription every few seconds. Measures the engine's turn latency (the `Final` sent
-//! → the play requested at the voice provider), the process's CPU and its resident memory per
-//! call.
+//! → the play requested at the voice provider), the service's CPU and its resident memory per
+//! call. The calls are answered here; their media sockets are played by the callers' process
+//! ([`super::callers`]), so that the service's process holds only the service.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -23,7 +24,7 @@ use crate::simulate;
 use crate::store::embedded::WRITER_TOTALS;
 use crate::voice::sandbox::VoiceAction;
 
-/// Calls being set up at once (Event Grid delivery, answer, socket).
+/// Calls being answered at once (Event Grid delivery, answer, call connection id).
 const RINGING: usize = 32;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// After the streams stop: time for the last turns to be answered.
