@@ -159,17 +159,22 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_turn_with_tools_speaks_each_round_once_and_apart() {
+    /// A caller's first words on a voice call: the scripted agent answers in three tool rounds.
+    fn power_out() -> AgentRequest {
         let ctx =
             CustomerContext::new(CustomerId::parse_phone("+14255550123").unwrap(), Utc::now());
-        let request = AgentRequest::new(
+        AgentRequest::new(
             ctx,
             Channel::Voice,
             AgentInput::Text {
                 text: "My power is out since this morning".into(),
             },
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn a_turn_with_tools_speaks_each_round_once_and_apart() {
+        let request = power_out();
         let mut streamed = String::new();
         let outcome = run_turn(&ScriptedAgent, &Host, request, &mut |d| {
             streamed.push_str(d)
@@ -222,15 +227,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sentence_that_ends_a_round_is_complete_before_the_tools_run() {
-        let ctx =
-            CustomerContext::new(CustomerId::parse_phone("+14255550123").unwrap(), Utc::now());
-        let request = AgentRequest::new(
-            ctx,
-            Channel::Voice,
-            AgentInput::Text {
-                text: "My power is out since this morning".into(),
-            },
-        );
+        let request = power_out();
         let streamed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let host = Witness(streamed.clone(), Default::default());
         let sink = streamed.clone();

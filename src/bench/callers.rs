@@ -7,7 +7,8 @@
 //! The child connects every call, prints `{"connected":N}` on a line of its own, streams, and
 //! prints a [`CallerOutcome`] as a last line. Times are wall-clock (`Utc`): both processes read
 //! the same system clock, and the turn latency is matched against the play times the sandbox
-//! voice provider records in the parent.
+//! voice provider records in the parent. The parent reads this process's CPU and memory from
+//! /proc.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -54,8 +55,6 @@ pub struct CallerOutcome {
     pub frames: u64,
     /// Every `Final` sent: its call and when.
     pub finals: Vec<(String, DateTime<Utc>)>,
-    /// The callers' own CPU (user + system) while streaming, in seconds.
-    pub cpu_seconds: f64,
 }
 
 /// `handoff bench-callers`: reads the plan on stdin, runs it on a single-threaded runtime (one
@@ -115,7 +114,6 @@ pub async fn run(plan: CallerPlan, connected: impl FnOnce(usize)) -> CallerOutco
     let frames = Arc::new(AtomicU64::new(0));
     let streaming = Duration::from_secs(plan.seconds.max(1));
     let turn_every = Duration::from_secs(plan.turn_every.max(1));
-    let (_, cpu_before) = super::process_usage();
     let end = tokio::time::Instant::now() + streaming;
     let n = sockets.len().max(1);
     let count = sockets.len();
@@ -173,8 +171,6 @@ pub async fn run(plan: CallerPlan, connected: impl FnOnce(usize)) -> CallerOutco
             open.push(socket);
         }
     }
-    let (_, cpu_after) = super::process_usage();
-    outcome.cpu_seconds = cpu_after.saturating_sub(cpu_before).as_secs_f64();
     outcome.frames = frames.load(Ordering::Relaxed);
     // The last turns are answered before the sockets close (the parent waits for them).
     tokio::time::sleep(super::calls::SETTLE).await;

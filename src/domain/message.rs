@@ -329,6 +329,19 @@ pub struct MediaRecord {
 pub const WINDOW_CLOSED_CODE: &str = "131047";
 
 impl StatusUpdate {
+    /// A bare status of `message_id`: no customer, error, pricing or conversation.
+    pub fn new(message_id: impl Into<String>, status: DeliveryStatus, at: DateTime<Utc>) -> Self {
+        Self {
+            message_id: message_id.into(),
+            status,
+            customer: None,
+            at,
+            error_code: None,
+            pricing: None,
+            conversation: None,
+        }
+    }
+
     pub fn closes_window(&self) -> bool {
         self.status == DeliveryStatus::Failed
             && self.error_code.as_deref() == Some(WINDOW_CLOSED_CODE)
@@ -485,15 +498,11 @@ mod tests {
     }
 
     fn update(status: DeliveryStatus, secs: i64) -> StatusUpdate {
-        StatusUpdate {
-            message_id: "m".into(),
+        StatusUpdate::new(
+            "m",
             status,
-            customer: None,
-            at: DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap(),
-            error_code: None,
-            pricing: None,
-            conversation: None,
-        }
+            DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap(),
+        )
     }
 
     fn record() -> MessageRecord {

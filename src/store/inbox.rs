@@ -353,15 +353,11 @@ mod tests {
         NewEntry {
             dedupe_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             partition: partition.into(),
-            event: InboxEvent::Status(StatusUpdate {
-                message_id: "m".into(),
-                status: DeliveryStatus::Sent,
-                customer: None,
-                at: chrono::Utc::now(),
-                error_code: None,
-                pricing: None,
-                conversation: None,
-            }),
+            event: InboxEvent::Status(StatusUpdate::new(
+                "m",
+                DeliveryStatus::Sent,
+                chrono::Utc::now(),
+            )),
         }
     }
 

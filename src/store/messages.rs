@@ -218,15 +218,7 @@ mod tests {
     }
 
     fn status(status: DeliveryStatus, s: i64) -> StatusUpdate {
-        StatusUpdate {
-            message_id: "out-1".into(),
-            status,
-            customer: None,
-            at: at(s),
-            error_code: None,
-            pricing: None,
-            conversation: None,
-        }
+        StatusUpdate::new("out-1", status, at(s))
     }
 
     #[tokio::test]

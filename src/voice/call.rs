@@ -123,6 +123,12 @@ enum Action {
     },
 }
 
+/// Whether an audio frame is the caller talking over the agent: with barge-in on audio, any
+/// frame that is not silence. Every other audio frame changes nothing in the conversation.
+fn audio_barges_in(silent: bool, barge_in: BargeIn) -> bool {
+    barge_in == BargeIn::Audio && !silent
+}
+
 /// Runs one call on an accepted socket.
 pub async fn run_call(
     service: Arc<VoiceService>,
@@ -170,7 +176,7 @@ pub async fn run_call(
             match parse_frame(text.as_str()) {
                 // 50 audio frames a second: those that cannot change the conversation (all of
                 // them unless barge-in listens to audio) do not wake the session.
-                Ok(MediaFrame::Audio { silent, .. }) if barge_in != BargeIn::Audio || silent => {}
+                Ok(MediaFrame::Audio { silent, .. }) if !audio_barges_in(silent, barge_in) => {}
                 Ok(frame) => {
                     if frame_tx.send(frame).await.is_err() {
                         break;
@@ -434,7 +440,7 @@ impl Driver {
                 }
                 ResultStatus::Intermediate => None,
             },
-            MediaFrame::Audio { silent, .. } if barge_in == BargeIn::Audio && !silent => {
+            MediaFrame::Audio { silent, .. } if audio_barges_in(silent, barge_in) => {
                 Some(Input::CallerSpeaking)
             }
             MediaFrame::Audio { .. } => None,

@@ -71,15 +71,9 @@ impl WhatsAppSender for SandboxSender {
             });
         }
         for status in [DeliveryStatus::Sent, DeliveryStatus::Delivered] {
-            let _ = self.statuses.send(StatusUpdate {
-                message_id: message_id.clone(),
-                status,
-                customer: None,
-                at: Utc::now(),
-                error_code: None,
-                pricing: None,
-                conversation: None,
-            });
+            let _ = self
+                .statuses
+                .send(StatusUpdate::new(message_id.clone(), status, Utc::now()));
         }
         Ok(message_id)
     }

@@ -815,15 +815,11 @@ mod dispatcher_tests {
             id: id.into(),
             seq,
             partition: "+14255550123".into(),
-            event: InboxEvent::Status(StatusUpdate {
-                message_id: id.into(),
-                status: DeliveryStatus::Sent,
-                customer: None,
-                at: chrono::Utc::now(),
-                error_code: None,
-                pricing: None,
-                conversation: None,
-            }),
+            event: InboxEvent::Status(StatusUpdate::new(
+                id,
+                DeliveryStatus::Sent,
+                chrono::Utc::now(),
+            )),
         }
     }
 

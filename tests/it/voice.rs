@@ -464,6 +464,27 @@ async fn voice_malformed_frames_are_skipped() {
 }
 
 #[tokio::test]
+async fn voice_a_frame_larger_than_the_socket_read_buffer_arrives_whole() {
+    let fake = FakeAcs::start().await;
+    let app = app_with(&fake, |_| {}).await;
+    let phone = "+14255550118";
+    let (_call, mut socket) = call_in(&app, &fake, phone).await;
+    // The media socket reads into an 8 KiB buffer; a 20 KB transcription must still arrive.
+    let long = "word ".repeat(4_000) + "end";
+    socket.final_text(&long, 5_000_000).await;
+    let ctx = wait_context(&app, phone, "the long turn", |c| {
+        c.transcript.iter().any(|t| t.role == Role::Customer)
+    })
+    .await;
+    let turn = ctx
+        .transcript
+        .iter()
+        .find(|t| t.role == Role::Customer)
+        .unwrap();
+    assert_eq!(turn.text, long);
+}
+
+#[tokio::test]
 async fn voice_silence_prompts_once_then_says_goodbye_and_hangs_up() {
     let fake = FakeAcs::start().await;
     let app = app_with(&fake, |s| s.voice.silence_timeout = Duration::from_secs(1)).await;
