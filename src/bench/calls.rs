@@ -1,8 +1,9 @@
 //! `calls`: K concurrent calls, each answered through Event Grid and the sandbox Call
 //! Automation, each streaming 20 ms audio frames at real time over its media WebSocket with a
-//! `Final` transcription every few seconds. Measures the engine's turn latency (the `Final` sent
-//! → the play requested at the voice provider), the service's CPU and its resident memory per
-//! call. The calls are answered here; their media sockets are played by the callers' process
+//! `Final` transcription every few seconds. Measures each turn's latency twice: as the engine
+//! sees it (the `Final` received from the socket → the play requested, recorded by the service)
+//! and end to end (the `Final` sent by the caller → the play recorded by the sandbox voice
+//! provider); and the service's CPU and its resident memory per call. The calls are answered here; their media sockets are played by the callers' process
 //! ([`super::callers`]), so that the service's process holds only the service.
 
 use std::collections::HashMap;
@@ -165,6 +166,10 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
     }
     latencies.sort_unstable();
     let stats = service.state.voice.stats.snapshot();
+    let mut engine: Vec<u64> = (service.state.voice.stats.recent_turn_latencies().iter())
+        .map(|d| d.as_micros() as u64)
+        .collect();
+    engine.sort_unstable();
     let cpu = cpu_after.saturating_sub(cpu_before).as_secs_f64();
     let report = CallsReport {
         calls: k,
@@ -177,6 +182,11 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
         turn_p95_us: percentile(&latencies, 95.0),
         turn_p99_us: percentile(&latencies, 99.0),
         turn_max_us: latencies.last().copied().unwrap_or(0),
+        engine_turns: engine.len(),
+        engine_p50_us: percentile(&engine, 50.0),
+        engine_p95_us: percentile(&engine, 95.0),
+        engine_p99_us: percentile(&engine, 99.0),
+        engine_max_us: engine.last().copied().unwrap_or(0),
         cpu_seconds: cpu,
         cpu_cores_busy: cpu / streamed.as_secs_f64().max(1e-9),
         rss_before_kb: rss_before,

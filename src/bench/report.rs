@@ -108,11 +108,19 @@ pub struct CallsReport {
     pub finals: usize,
     /// Finals followed by a play request on the same call.
     pub turns_answered: usize,
-    /// `Final` sent → play requested at the voice provider.
+    /// End to end: `Final` sent by the caller's socket → play requested at the voice provider
+    /// (includes the socket and the wait for the service's reader to be scheduled).
     pub turn_p50_us: u64,
     pub turn_p95_us: u64,
     pub turn_p99_us: u64,
     pub turn_max_us: u64,
+    /// The engine's turn latency as the service measures it (`VoiceStats::turn_latency`):
+    /// `Final` received from the socket → play requested. One per answered turn.
+    pub engine_turns: usize,
+    pub engine_p50_us: u64,
+    pub engine_p95_us: u64,
+    pub engine_p99_us: u64,
+    pub engine_max_us: u64,
     /// CPU (user + system) of the service's process while the calls streamed (the callers run
     /// in a process of their own).
     pub cpu_seconds: f64,
@@ -245,7 +253,12 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "            turn (Final sent → play requested) p50 {} µs  p95 {} µs  p99 {} µs  max {} µs",
+                "            engine turn (Final received → play requested) p50 {} µs  p95 {} µs  p99 {} µs  max {} µs  ({} turns)",
+                c.engine_p50_us, c.engine_p95_us, c.engine_p99_us, c.engine_max_us, c.engine_turns
+            );
+            let _ = writeln!(
+                out,
+                "            end to end (Final sent → play requested) p50 {} µs  p95 {} µs  p99 {} µs  max {} µs",
                 c.turn_p50_us, c.turn_p95_us, c.turn_p99_us, c.turn_max_us
             );
             let _ = writeln!(

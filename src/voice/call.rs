@@ -25,8 +25,9 @@ use crate::agent::engine::{ToolHost, ToolOutcome, TurnAction, run_turn};
 use crate::agent::tools::ToolRequest;
 use crate::agent::{AgentRequest, ToolCall};
 use crate::config::BargeIn;
-use crate::domain::{Channel, CustomerContext, Turn};
+use crate::domain::{Channel, CustomerContext, CustomerId, Turn};
 use crate::handoff::tools::ConversationTools;
+use crate::store::Contexts;
 
 /// Frames buffered between the socket reader and the session.
 const FRAME_BUFFER: usize = 256;
@@ -116,6 +117,8 @@ enum Action {
         op: String,
         text: String,
         epoch: u64,
+        /// The first play of a turn: when the caller's input that began it was received.
+        turn_started: Option<Instant>,
     },
     Close {
         op: String,
@@ -159,7 +162,7 @@ pub async fn run_call(
     });
 
     // Socket reader: parse frames; a malformed frame is logged and skipped.
-    let (frame_tx, frame_rx) = mpsc::channel::<MediaFrame>(FRAME_BUFFER);
+    let (frame_tx, frame_rx) = mpsc::channel::<(MediaFrame, Instant)>(FRAME_BUFFER);
     let reader_stats = stats.clone();
     let barge_in = service.settings.voice.barge_in;
     let reader = tokio::spawn(async move {
@@ -177,8 +180,9 @@ pub async fn run_call(
                 // 50 audio frames a second: those that cannot change the conversation (all of
                 // them unless barge-in listens to audio) do not wake the session.
                 Ok(MediaFrame::Audio { silent, .. }) if !audio_barges_in(silent, barge_in) => {}
+                // Stamped on arrival: a turn's latency is measured from here.
                 Ok(frame) => {
-                    if frame_tx.send(frame).await.is_err() {
+                    if frame_tx.send((frame, Instant::now())).await.is_err() {
                         break;
                     }
                 }
@@ -245,10 +249,13 @@ impl Driver {
             workers.push(tokio::spawn(async move {
                 while let Some(action) = action_rx.recv().await {
                     match action {
-                        Action::Play { op, text, epoch: at } => {
+                        Action::Play { op, text, epoch: at, turn_started } => {
                             if epoch.load(Ordering::SeqCst) != at {
                                 let _ = feedback.send(Input::Played { op, outcome: PlayOutcome::Canceled });
                                 continue;
+                            }
+                            if let Some(started) = turn_started {
+                                service.stats.turn_latency(started.elapsed());
                             }
                             if let Err(err) = provider.play_text(&call_id, &text, &op).await {
                                 tracing::warn!(call_connection_id = %call_id, error = %err, "play failed");
@@ -267,23 +274,14 @@ impl Driver {
         }
 
         // Context writes, in order, off the session loop.
-        let (persist, mut persist_rx) = mpsc::channel::<Turn>(ACTION_BUFFER);
-        {
-            let contexts = service.contexts.clone();
-            let customer = record.customer_id.clone();
-            let max = service.settings.transcript_max_turns;
-            let call_id = call_id.clone();
-            workers.push(tokio::spawn(async move {
-                while let Some(turn) = persist_rx.recv().await {
-                    if let Err(err) = contexts
-                        .update(&customer, |ctx| ctx.push_turn(turn.clone(), max))
-                        .await
-                    {
-                        tracing::warn!(call_connection_id = %call_id, error = %err, "turn not persisted");
-                    }
-                }
-            }));
-        }
+        let (persist, persist_rx) = mpsc::channel::<Turn>(ACTION_BUFFER);
+        workers.push(tokio::spawn(persist_turns(
+            service.contexts.clone(),
+            record.customer_id.clone(),
+            service.settings.transcript_max_turns,
+            call_id.clone(),
+            persist_rx,
+        )));
 
         let format = AudioFormat::from_setting(&service.settings.voice.audio_format);
         let context = CustomerContext::new(record.customer_id.clone(), chrono::Utc::now());
@@ -313,7 +311,7 @@ impl Driver {
 
     async fn run(
         mut self,
-        mut frames: mpsc::Receiver<MediaFrame>,
+        mut frames: mpsc::Receiver<(MediaFrame, Instant)>,
         events: &mut mpsc::Receiver<CallEvent>,
     ) {
         match self.service.contexts.get(&self.context.customer_id).await {
@@ -345,20 +343,22 @@ impl Driver {
         let barge_in = self.service.settings.voice.barge_in;
         let mut frames_open = true;
         while !self.conversation.ended() {
-            let input = tokio::select! {
+            // What the caller said or keyed is handled as of when it arrived, so that a turn's
+            // timings include its wait in the socket reader's queue.
+            let (input, at) = tokio::select! {
                 frame = frames.recv(), if frames_open => match frame {
-                    Some(frame) => match self.frame_input(frame, barge_in) {
-                        Some(input) => input,
+                    Some((frame, received)) => match self.frame_input(frame, barge_in) {
+                        Some(input) => (input, received),
                         None => continue,
                     },
-                    None => { frames_open = false; Input::Disconnected }
+                    None => { frames_open = false; (Input::Disconnected, Instant::now()) }
                 },
                 Some(event) = events.recv() => match event_input(&event) {
-                    Some(input) => input,
+                    Some(input) => (input, Instant::now()),
                     None => continue,
                 },
-                Some(input) = self.internal_rx.recv() => input,
-                () = sleep_until(self.silence_deadline) => { self.silence_deadline = None; Input::SilenceTimeout }
+                Some(input) = self.internal_rx.recv() => (input, Instant::now()),
+                () = sleep_until(self.silence_deadline) => { self.silence_deadline = None; (Input::SilenceTimeout, Instant::now()) }
                 () = sleep_until(self.closing_deadline) => {
                     tracing::warn!(call_connection_id = %self.call_id, "closing play did not finish; hanging up");
                     self.closing_deadline = None;
@@ -370,7 +370,7 @@ impl Driver {
                 input,
                 Input::CallerFinal { .. } | Input::CallerSpeaking | Input::Dtmf { .. }
             );
-            let effects = self.conversation.handle(input, Instant::now().into_std());
+            let effects = self.conversation.handle(input, at.into_std());
             self.apply(effects).await;
             if speech || !self.conversation.listening() {
                 self.silence_deadline = None;
@@ -454,6 +454,8 @@ impl Driver {
     }
 
     async fn apply(&mut self, effects: Vec<Effect>) {
+        // Set by a turn's timings, which come just before its first play.
+        let mut turn_started: Option<Instant> = None;
         for effect in effects {
             match effect {
                 Effect::AskAgent { turn, input } => {
@@ -513,11 +515,20 @@ impl Driver {
                 }
                 Effect::Play { op, text } => match &self.audio {
                     Some(audio) => {
+                        if let Some(started) = turn_started.take() {
+                            self.service.stats.turn_latency(started.elapsed());
+                        }
                         let _ = audio.send(AudioCommand::Say { op, text }).await;
                     }
                     None => {
                         let epoch = self.epoch.load(Ordering::SeqCst);
-                        let _ = self.actions.send(Action::Play { op, text, epoch }).await;
+                        let play = Action::Play {
+                            op,
+                            text,
+                            epoch,
+                            turn_started: turn_started.take(),
+                        };
+                        let _ = self.actions.send(play).await;
                     }
                 },
                 Effect::CancelPlayback => {
@@ -544,7 +555,12 @@ impl Driver {
                         .push_turn(turn.clone(), self.service.settings.transcript_max_turns);
                     let _ = self.persist.send(turn).await;
                 }
-                Effect::Timings { turn, timings } => {
+                Effect::Timings {
+                    turn,
+                    timings,
+                    started,
+                } => {
+                    turn_started = Some(Instant::from_std(started));
                     self.service
                         .stats
                         .turn(timings.agent_first_text_ms, timings.play_requested_ms);
@@ -599,6 +615,32 @@ impl Driver {
     /// conversation). The handoff saga (a later issue) plugs in here.
     fn handle_tool(&mut self, call: ToolCall) {
         tracing::info!(call_connection_id = %self.call_id, tool = %call.name, "agent tool call not handled in voice yet");
+    }
+}
+
+/// Writes a call's turns to the customer's context, in order. Turns that queued while a write
+/// was in flight (the caller's words, then the agent's reply a few milliseconds later) go into
+/// the next write together: one read and one write of the whole context, not one per turn.
+async fn persist_turns(
+    contexts: Contexts,
+    customer: CustomerId,
+    max_turns: usize,
+    call_id: String,
+    mut turns: mpsc::Receiver<Turn>,
+) {
+    let mut batch = Vec::new();
+    while turns.recv_many(&mut batch, ACTION_BUFFER).await > 0 {
+        let written = contexts
+            .update(&customer, |ctx| {
+                for turn in &batch {
+                    ctx.push_turn(turn.clone(), max_turns);
+                }
+            })
+            .await;
+        if let Err(err) = written {
+            tracing::warn!(call_connection_id = %call_id, error = %err, turns = batch.len(), "turns not persisted");
+        }
+        batch.clear();
     }
 }
 
@@ -659,5 +701,74 @@ impl ToolHost for VoiceTools {
         task.await.unwrap_or_else(|_| {
             ToolOutcome::output(serde_json::json!({"error": "the tool failed"}))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+    use chrono::Utc;
+
+    use super::*;
+    use crate::domain::Role;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{ContextStore, StoreError};
+
+    /// The embedded store, counting the writes that reach it.
+    struct CountingStore {
+        inner: EmbeddedStore,
+        writes: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ContextStore for CountingStore {
+        async fn get(&self, id: &CustomerId) -> Result<Option<CustomerContext>, StoreError> {
+            self.inner.get(id).await
+        }
+        async fn create(&self, ctx: &CustomerContext) -> Result<CustomerContext, StoreError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            self.inner.create(ctx).await
+        }
+        async fn replace(&self, ctx: &CustomerContext) -> Result<CustomerContext, StoreError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            self.inner.replace(ctx).await
+        }
+    }
+
+    #[tokio::test]
+    async fn turns_queued_behind_a_write_share_the_next_one_and_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(CountingStore {
+            inner: EmbeddedStore::open(dir.path()).unwrap(),
+            writes: AtomicUsize::new(0),
+        });
+        let contexts = Contexts::new(store.clone());
+        let customer = CustomerId::parse_phone("+15551234567").unwrap();
+        let (tx, rx) = mpsc::channel(ACTION_BUFFER);
+        let turn = |role, text: &str| Turn::new(Channel::Voice, role, text, Utc::now());
+        // The first turn is written alone; the next three queue behind it (the writer holds
+        // the customer's write turn while they arrive) and are written together.
+        tx.send(turn(Role::Customer, "one")).await.unwrap();
+        let worker = tokio::spawn(persist_turns(
+            contexts.clone(),
+            customer.clone(),
+            100,
+            "call-1".into(),
+            rx,
+        ));
+        tokio::task::yield_now().await;
+        for text in ["two", "three", "four"] {
+            tx.send(turn(Role::Agent, text)).await.unwrap();
+        }
+        drop(tx);
+        worker.await.unwrap();
+
+        let ctx = contexts.get(&customer).await.unwrap().unwrap();
+        let texts: Vec<_> = ctx.transcript.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(texts, ["one", "two", "three", "four"]);
+        let writes = store.writes.load(Ordering::SeqCst);
+        assert!(writes <= 2, "4 turns took {writes} writes");
     }
 }

@@ -93,10 +93,12 @@ pub enum Effect {
     /// Barge-in: stop everything ACS is playing or has queued.
     CancelPlayback,
     Remember(Turn),
-    /// First play of a turn requested: per-turn stage timings.
+    /// First play of a turn requested: per-turn stage timings. `started` is when the input
+    /// that began the turn arrived (the `now` it was handled with).
     Timings {
         turn: u64,
         timings: TurnTimings,
+        started: Instant,
     },
     /// A tool call the session does not handle itself (the hook for later tools).
     Tool(ToolCall),
@@ -377,6 +379,7 @@ impl Conversation {
             effects.push(Effect::Timings {
                 turn: turn.id,
                 timings,
+                started,
             });
         }
         let _ = call;
@@ -580,7 +583,8 @@ mod tests {
             timings: TurnTimings {
                 agent_first_text_ms: 300,
                 play_requested_ms: 450
-            }
+            },
+            started: t0,
         }));
         assert_eq!(plays(&e), vec![("t2:0".into(), "Sorry about that.".into())]);
     }

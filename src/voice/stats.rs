@@ -1,7 +1,10 @@
 //! Voice counters for operators: calls answered, live sessions, media failures, turn latency.
 //! Read by `GET /api/v1/voice/stats` (JSON) and rendered in Prometheus text format.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -14,7 +17,13 @@ pub struct VoiceStats {
     turns: AtomicU64,
     play_requested_ms_total: AtomicU64,
     agent_first_text_ms_total: AtomicU64,
+    /// The latest turn latencies, oldest first (at most [`RECENT_TURNS`]).
+    recent_turns: Mutex<VecDeque<Duration>>,
 }
+
+/// How many turn latencies [`VoiceStats::recent_turn_latencies`] keeps: a few minutes of
+/// turns at a thousand calls, 16 bytes each.
+pub const RECENT_TURNS: usize = 65_536;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VoiceStatsSnapshot {
@@ -51,6 +60,30 @@ impl VoiceStats {
             .fetch_add(play_requested_ms, Relaxed);
     }
 
+    /// A turn's engine latency: the caller's input (a `Final` transcription, DTMF) received
+    /// from the media socket → the turn's first play requested from the voice provider.
+    /// Exported as the `handoff_voice_turn_latency_seconds` histogram.
+    pub fn turn_latency(&self, latency: Duration) {
+        metrics::histogram!("handoff_voice_turn_latency_seconds").record(latency.as_secs_f64());
+        let mut recent = self
+            .recent_turns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() == RECENT_TURNS {
+            recent.pop_front();
+        }
+        recent.push_back(latency);
+    }
+
+    /// The latest turn latencies recorded by [`VoiceStats::turn_latency`], oldest first.
+    pub fn recent_turn_latencies(&self) -> Vec<Duration> {
+        let recent = self
+            .recent_turns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        recent.iter().copied().collect()
+    }
+
     pub fn snapshot(&self) -> VoiceStatsSnapshot {
         VoiceStatsSnapshot {
             calls_answered: self.answered.load(Relaxed),
@@ -82,5 +115,25 @@ impl VoiceStats {
             s.agent_first_text_ms_total,
             s.turns,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_latencies_keep_the_latest_in_order_and_stay_bounded() {
+        let stats = VoiceStats::default();
+        for micros in 0..(RECENT_TURNS as u64 + 3) {
+            stats.turn_latency(Duration::from_micros(micros));
+        }
+        let recent = stats.recent_turn_latencies();
+        assert_eq!(recent.len(), RECENT_TURNS);
+        assert_eq!(recent[0], Duration::from_micros(3));
+        assert_eq!(
+            recent.last(),
+            Some(&Duration::from_micros(RECENT_TURNS as u64 + 2))
+        );
     }
 }

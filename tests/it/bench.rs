@@ -53,6 +53,7 @@ async fn calls_stream_audio_and_every_final_is_answered() {
     assert!(calls.audio_frames > 5 * 50, "{calls:?}");
     assert!(calls.finals >= 5, "{calls:?}");
     assert_eq!(calls.turns_answered, calls.finals, "{calls:?}");
+    assert_eq!(calls.engine_turns, calls.finals, "{calls:?}");
     assert!(calls.complete, "{calls:?}");
 }
 

@@ -350,6 +350,7 @@ async fn the_whole_story_from_yes_on_the_phone_to_the_answer_on_whatsapp() {
         "handoff_accepted_total",
         "handoff_template_sent_total",
         "handoff_resumed_total",
+        "handoff_voice_turn_latency_seconds",
     ] {
         assert!(metrics.contains(name), "{name} in {metrics}");
     }
