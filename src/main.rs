@@ -29,7 +29,7 @@ enum Command {
     Demo,
     /// Load and performance harness: drives an in-process service over loopback (see
     /// docs/performance.md). Modes: baseline, ingest, calls, handoff (default: all).
-    Bench(handoff::bench::BenchArgs),
+    Bench(Box<handoff::bench::BenchArgs>),
     /// The callers of `bench calls`, in a process of their own (started by the bench; reads
     /// its plan on stdin).
     #[command(hide = true)]

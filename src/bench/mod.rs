@@ -63,6 +63,12 @@ pub struct BenchArgs {
     /// Handoffs in flight at once.
     #[arg(long, default_value_t = 4)]
     pub handoff_concurrency: usize,
+    /// WhatsApp sends per second per business number in `handoff` (the service's pacing,
+    /// `WHATSAPP_SEND_RATE_PER_SEC`; unset: the service's default, Meta's standard
+    /// throughput). Handoffs that send at the same moment wait for their slots; a high value
+    /// shows the saga without that wait.
+    #[arg(long)]
+    pub whatsapp_send_rate: Option<u32>,
     /// `ingest` without the inbox worker: measures acknowledgements alone, then checks that
     /// every unique message is in the inbox exactly once (nothing is handled).
     #[arg(long)]
@@ -101,6 +107,7 @@ impl Default for BenchArgs {
             turn_every: 3,
             handoffs: 50,
             handoff_concurrency: 4,
+            whatsapp_send_rate: None,
             ack_only: false,
             redis_url: None,
             cosmos_endpoint: None,

@@ -143,6 +143,8 @@ pub struct CallsReport {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HandoffReport {
+    /// The pacing the sends ran under: WhatsApp sends per second per business number.
+    pub whatsapp_send_rate: u32,
     pub handoffs: usize,
     pub completed: usize,
     pub steps: Vec<StepFigures>,
@@ -284,10 +286,11 @@ impl Report {
         if let Some(h) = &self.handoff {
             let _ = writeln!(
                 out,
-                "  handoff   {}/{} completed; complete: {}",
+                "  handoff   {}/{} completed; complete: {}; WhatsApp pacing {} sends/s per number",
                 h.completed,
                 h.handoffs,
-                if h.complete { "yes" } else { "NO" }
+                if h.complete { "yes" } else { "NO" },
+                h.whatsapp_send_rate
             );
             for s in &h.steps {
                 let _ = writeln!(

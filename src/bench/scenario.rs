@@ -91,6 +91,9 @@ pub(super) async fn run(
         Service::start(args, true, |s| {
             s.handoff.queue_wait_seconds = 540;
             s.whatsapp.burst_wait = Duration::from_millis(100);
+            if let Some(rate) = args.whatsapp_send_rate {
+                s.whatsapp.send_rate_per_sec = rate.max(1);
+            }
         })
         .await?,
     );
@@ -158,10 +161,12 @@ pub(super) async fn run(
         .iter()
         .filter(|t| t.handoff.reached(Milestone::TemplateSent) && t.hung_up.is_some())
         .count();
+    let whatsapp_send_rate = service.state.settings.whatsapp.send_rate_per_sec;
     if let Ok(service) = Arc::try_unwrap(service) {
         service.stop().await;
     }
     Ok(HandoffReport {
+        whatsapp_send_rate,
         handoffs: m,
         completed,
         steps,

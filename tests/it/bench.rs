@@ -59,9 +59,14 @@ async fn calls_stream_audio_and_every_final_is_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handoffs_complete_and_every_step_is_timed() {
-    let report = run(&tiny(vec![Mode::Handoff])).await.unwrap();
+    let args = BenchArgs {
+        whatsapp_send_rate: Some(1000),
+        ..tiny(vec![Mode::Handoff])
+    };
+    let report = run(&args).await.unwrap();
     let handoff = report.handoff.clone().expect("handoff ran");
     assert_eq!((handoff.handoffs, handoff.completed), (3, 3));
+    assert_eq!(handoff.whatsapp_send_rate, 1000, "the pacing the run used");
     assert!(handoff.complete);
     for step in &handoff.steps {
         assert_eq!(step.samples, 3, "{step:?}");
