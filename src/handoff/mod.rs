@@ -33,7 +33,7 @@ use crate::domain::{
     Channel, ConsentRecord, CustomerContext, CustomerId, Handoff, HandoffFailure, HandoffId,
     Milestone,
 };
-use crate::store::handoffs::{HandoffStore, update_handoff};
+use crate::store::handoffs::{HandoffStore, Handoffs};
 use crate::store::{Claim, ClaimStore, Contexts, StoreError};
 
 /// Room for the template's own words around {{1}} and {{2}} within WhatsApp's 1024 limit.
@@ -134,7 +134,7 @@ impl Delivery {
 }
 
 pub struct HandoffService {
-    handoffs: Arc<dyn HandoffStore>,
+    handoffs: Handoffs,
     contexts: Contexts,
     claims: Arc<dyn ClaimStore>,
     summariser: Arc<dyn Summariser>,
@@ -158,7 +158,7 @@ impl HandoffService {
         settings: HandoffSettings,
     ) -> Self {
         Self {
-            handoffs,
+            handoffs: Handoffs::new(handoffs),
             contexts,
             claims,
             summariser,
@@ -169,7 +169,7 @@ impl HandoffService {
     }
 
     pub fn store(&self) -> &dyn HandoffStore {
-        self.handoffs.as_ref()
+        self.handoffs.store()
     }
 
     pub fn settings(&self) -> &HandoffSettings {
@@ -184,6 +184,7 @@ impl HandoffService {
     ) -> Result<Option<Handoff>, StoreError> {
         Ok(self
             .handoffs
+            .store()
             .for_customer(customer)
             .await?
             .into_iter()
@@ -207,7 +208,7 @@ impl HandoffService {
         handoff
             .apply(Milestone::Offered, Utc::now(), None)
             .expect("offer is always allowed");
-        let handoff = self.handoffs.create(&handoff).await?;
+        let handoff = self.handoffs.store().create(&handoff).await?;
         let id = handoff.id.clone();
         self.contexts
             .update(customer, |ctx| {
@@ -234,12 +235,13 @@ impl HandoffService {
         };
         let now = Utc::now();
         let evidence_owned = evidence.to_owned();
-        update_handoff(self.handoffs.as_ref(), &id, |h| {
-            h.consent_evidence
-                .get_or_insert_with(|| evidence_owned.clone());
-            h.apply(Milestone::Accepted, now, None).is_ok()
-        })
-        .await?;
+        self.handoffs
+            .update(&id, |h| {
+                h.consent_evidence
+                    .get_or_insert_with(|| evidence_owned.clone());
+                h.apply(Milestone::Accepted, now, None).is_ok()
+            })
+            .await?;
         let id_str = id.as_str().to_owned();
         self.contexts
             .update(customer, |ctx| {
@@ -267,6 +269,7 @@ impl HandoffService {
     pub async fn drive(&self, id: &HandoffId) -> Result<TurnAction, SagaError> {
         let handoff = self
             .handoffs
+            .store()
             .get(id)
             .await?
             .ok_or_else(|| SagaError::NotFound(id.clone()))?;
@@ -308,13 +311,15 @@ impl HandoffService {
                 summary
             };
             let now = Utc::now();
-            let stored = update_handoff(self.handoffs.as_ref(), id, |h| {
-                if h.summary.is_none() {
-                    h.summary = Some(summary.clone());
-                }
-                h.apply(Milestone::Summarised, now, None).is_ok()
-            })
-            .await?;
+            let stored = self
+                .handoffs
+                .update(id, |h| {
+                    if h.summary.is_none() {
+                        h.summary = Some(summary.clone());
+                    }
+                    h.apply(Milestone::Summarised, now, None).is_ok()
+                })
+                .await?;
             let for_ctx = stored.summary.clone();
             self.contexts
                 .update(&stored.customer_id, |c| c.call_summary = for_ctx.clone())
@@ -335,14 +340,16 @@ impl HandoffService {
         // another after a crash) presents the same request, and a provider that deduplicates
         // (ACS repeatability) sends the template once.
         let now = Utc::now();
-        let stamped = update_handoff(self.handoffs.as_ref(), id, |h| {
-            if h.send_started_at.is_some() {
-                return false;
-            }
-            h.send_started_at = Some(now);
-            true
-        })
-        .await?;
+        let stamped = self
+            .handoffs
+            .update(id, |h| {
+                if h.send_started_at.is_some() {
+                    return false;
+                }
+                h.send_started_at = Some(now);
+                true
+            })
+            .await?;
         let first_sent = stamped.send_started_at.unwrap_or(now);
         let request = ContinuationRequest {
             first_sent,
@@ -365,14 +372,15 @@ impl HandoffService {
             Ok(message_id) => {
                 let now = Utc::now();
                 let template = self.settings.template_name.clone();
-                update_handoff(self.handoffs.as_ref(), id, |h| {
-                    h.provider_message_id
-                        .get_or_insert_with(|| message_id.clone());
-                    h.template.get_or_insert_with(|| template.clone());
-                    h.apply(Milestone::TemplateSent, now, Some(message_id.clone()))
-                        .is_ok()
-                })
-                .await?;
+                self.handoffs
+                    .update(id, |h| {
+                        h.provider_message_id
+                            .get_or_insert_with(|| message_id.clone());
+                        h.template.get_or_insert_with(|| template.clone());
+                        h.apply(Milestone::TemplateSent, now, Some(message_id.clone()))
+                            .is_ok()
+                    })
+                    .await?;
                 tracing::info!(handoff_id = %id, message_id = %message_id, "continuation template accepted");
                 metrics::counter!("handoff_template_sent_total").increment(1);
                 if let Some(delivery) = self.sender.delivery(&message_id).await {
@@ -397,10 +405,11 @@ impl HandoffService {
             detail: Some(refusal.to_string()),
         };
         let now = Utc::now();
-        update_handoff(self.handoffs.as_ref(), id, |h| {
-            h.fail(failure.clone(), now) == crate::domain::Applied::Recorded
-        })
-        .await?;
+        self.handoffs
+            .update(id, |h| {
+                h.fail(failure.clone(), now) == crate::domain::Applied::Recorded
+            })
+            .await?;
         Ok(TurnAction::HandoffRefused {
             handoff_id: Some(id.clone()),
             reason: refusal.reason().to_owned(),
@@ -419,10 +428,11 @@ impl HandoffService {
     /// Records a milestone now; nothing is written when it was already recorded.
     async fn record(&self, id: &HandoffId, milestone: Milestone) -> Result<(), SagaError> {
         let now = Utc::now();
-        update_handoff(self.handoffs.as_ref(), id, |h| {
-            h.apply(milestone, now, None) == Ok(crate::domain::Applied::Recorded)
-        })
-        .await?;
+        self.handoffs
+            .update(id, |h| {
+                h.apply(milestone, now, None) == Ok(crate::domain::Applied::Recorded)
+            })
+            .await?;
         Ok(())
     }
 
@@ -430,6 +440,7 @@ impl HandoffService {
     pub async fn hang_up(&self, id: &HandoffId) -> Result<(), SagaError> {
         let handoff = self
             .handoffs
+            .store()
             .get(id)
             .await?
             .ok_or_else(|| SagaError::NotFound(id.clone()))?;
@@ -454,30 +465,31 @@ impl HandoffService {
     /// A delivery status of the continuation message.
     pub async fn on_delivery(&self, id: &HandoffId, delivery: Delivery) -> Result<(), SagaError> {
         let now = Utc::now();
-        update_handoff(self.handoffs.as_ref(), id, |h| match &delivery {
-            Delivery::Delivered => {
-                h.apply(Milestone::Delivered, now, None) == Ok(crate::domain::Applied::Recorded)
-            }
-            Delivery::Read => {
-                h.apply(Milestone::Read, now, None) == Ok(crate::domain::Applied::Recorded)
-            }
-            Delivery::Failed { code } => {
-                let reason = match code.as_deref() {
-                    Some("131047") => "window_closed",
-                    Some("131026") => "undeliverable",
-                    _ => "delivery_failed",
-                };
-                h.fail(
-                    HandoffFailure {
-                        reason: reason.into(),
-                        code: code.clone(),
-                        detail: None,
-                    },
-                    now,
-                ) == crate::domain::Applied::Recorded
-            }
-        })
-        .await?;
+        self.handoffs
+            .update(id, |h| match &delivery {
+                Delivery::Delivered => {
+                    h.apply(Milestone::Delivered, now, None) == Ok(crate::domain::Applied::Recorded)
+                }
+                Delivery::Read => {
+                    h.apply(Milestone::Read, now, None) == Ok(crate::domain::Applied::Recorded)
+                }
+                Delivery::Failed { code } => {
+                    let reason = match code.as_deref() {
+                        Some("131047") => "window_closed",
+                        Some("131026") => "undeliverable",
+                        _ => "delivery_failed",
+                    };
+                    h.fail(
+                        HandoffFailure {
+                            reason: reason.into(),
+                            code: code.clone(),
+                            detail: None,
+                        },
+                        now,
+                    ) == crate::domain::Applied::Recorded
+                }
+            })
+            .await?;
         Ok(())
     }
 
@@ -489,6 +501,7 @@ impl HandoffService {
     ) -> Result<Option<Handoff>, StoreError> {
         Ok(self
             .handoffs
+            .store()
             .for_customer(customer)
             .await?
             .into_iter()
@@ -503,13 +516,14 @@ impl HandoffService {
         button_payload: Option<&str>,
     ) -> Result<Option<HandoffId>, SagaError> {
         let by_payload = match button_payload.and_then(HandoffId::parse) {
-            Some(id) => self.handoffs.get(&id).await?,
+            Some(id) => self.handoffs.store().get(&id).await?,
             None => None,
         };
         let target = match by_payload {
             Some(h) => Some(h),
             None => self
                 .handoffs
+                .store()
                 .for_customer(customer)
                 .await?
                 .into_iter()
@@ -529,7 +543,7 @@ impl HandoffService {
     pub async fn recover(&self, idle: Duration) -> Result<usize, SagaError> {
         let cutoff = Utc::now() - chrono::Duration::from_std(idle).unwrap_or_default();
         let mut driven = 0;
-        for handoff in self.handoffs.unfinished().await? {
+        for handoff in self.handoffs.store().unfinished().await? {
             if handoff.updated_at > cutoff {
                 continue;
             }

@@ -3,14 +3,15 @@
 //! Same concurrency rules as contexts: writes carry the version they read; a stale one is a
 //! conflict, and [`update_handoff`] re-reads and re-applies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
 use redb::{ReadableTable, TableDefinition};
 
-use super::StoreError;
 use super::embedded::EmbeddedStore;
+use super::{StoreError, Stripes};
 use crate::domain::{CustomerId, Handoff, HandoffId, Version};
 
 const BACKEND: &str = "embedded";
@@ -56,6 +57,37 @@ pub trait HandoffStore: Send + Sync + 'static {
     async fn for_customer(&self, customer: &CustomerId) -> Result<Vec<Handoff>, StoreError>;
     /// Handoffs a worker still has to drive (see `Handoff::unfinished`).
     async fn unfinished(&self) -> Result<Vec<Handoff>, StoreError>;
+}
+
+/// The handle the saga uses for handoffs: the store plus this replica's per-handoff write turns
+/// (the saga, delivery statuses and the call's end can update one handoff at the same moment).
+#[derive(Clone)]
+pub struct Handoffs {
+    store: Arc<dyn HandoffStore>,
+    stripes: Stripes,
+}
+
+impl Handoffs {
+    pub fn new(store: Arc<dyn HandoffStore>) -> Self {
+        Self {
+            store,
+            stripes: Stripes::default(),
+        }
+    }
+
+    pub fn store(&self) -> &dyn HandoffStore {
+        self.store.as_ref()
+    }
+
+    /// See [`update_handoff`]; concurrent updates of one handoff from this replica take turns.
+    pub async fn update(
+        &self,
+        id: &HandoffId,
+        change: impl FnMut(&mut Handoff) -> bool + Send,
+    ) -> Result<Handoff, StoreError> {
+        let _turn = self.stripes.lock(id.as_str()).await;
+        update_handoff(self.store.as_ref(), id, change).await
+    }
 }
 
 /// Re-reads and re-applies `change` on conflict, like `store::update` for contexts. `change`
@@ -307,5 +339,72 @@ mod tests {
         assert_eq!(store.unfinished().await.unwrap().len(), 1);
         assert_eq!(store.for_customer(&customer).await.unwrap().len(), 1);
         assert_eq!(store.list(10).await.unwrap()[0].id, h.id);
+    }
+
+    /// The embedded store, counting the version conflicts it answers.
+    struct Conflicts {
+        inner: EmbeddedStore,
+        seen: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl HandoffStore for Conflicts {
+        async fn get(&self, id: &HandoffId) -> Result<Option<Handoff>, StoreError> {
+            HandoffStore::get(&self.inner, id).await
+        }
+        async fn create(&self, handoff: &Handoff) -> Result<Handoff, StoreError> {
+            HandoffStore::create(&self.inner, handoff).await
+        }
+        async fn replace(&self, handoff: &Handoff) -> Result<Handoff, StoreError> {
+            let replaced = HandoffStore::replace(&self.inner, handoff).await;
+            if matches!(replaced, Err(StoreError::Conflict)) {
+                self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            replaced
+        }
+        async fn list(&self, limit: usize) -> Result<Vec<Handoff>, StoreError> {
+            self.inner.list(limit).await
+        }
+        async fn for_customer(&self, customer: &CustomerId) -> Result<Vec<Handoff>, StoreError> {
+            self.inner.for_customer(customer).await
+        }
+        async fn unfinished(&self) -> Result<Vec<Handoff>, StoreError> {
+            self.inner.unfinished().await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_updates_of_one_handoff_take_turns_instead_of_conflicting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Conflicts {
+            inner: EmbeddedStore::open(dir.path()).unwrap(),
+            seen: Default::default(),
+        });
+        let customer = CustomerId::parse_phone("+14255550123").unwrap();
+        let h = Handoff::new(customer, Some("call-1".into()), Utc::now());
+        store.create(&h).await.unwrap();
+        let handoffs = Handoffs::new(store.clone());
+        let writers: Vec<_> = (0..20)
+            .map(|_| {
+                let (handoffs, id) = (handoffs.clone(), h.id.clone());
+                tokio::spawn(async move {
+                    handoffs
+                        .update(&id, |h| {
+                            h.summary.get_or_insert_default().push('x');
+                            true
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap().unwrap();
+        }
+        let stored = HandoffStore::get(store.as_ref(), &h.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.summary.as_deref(), Some("x".repeat(20).as_str()));
+        assert_eq!(store.seen.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }

@@ -164,22 +164,47 @@ pub async fn get_or_default(
         .unwrap_or_else(|| CustomerContext::new(id.clone(), Utc::now())))
 }
 
-/// Number of lock stripes: enough that unrelated customers rarely share one.
+/// Number of lock stripes: enough that unrelated keys rarely share one.
 const STRIPES: usize = 256;
 
+/// This replica's write turns per key (a customer, a handoff): writers of one document wait for
+/// each other here instead of meeting as a version conflict in the store and backing off.
+/// Writers on other replicas are still kept apart by compare-and-swap. Cheap to clone; clones
+/// share the locks.
+#[derive(Clone)]
+pub struct Stripes(Arc<[tokio::sync::Mutex<()>]>);
+
+impl Default for Stripes {
+    fn default() -> Self {
+        Self((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect())
+    }
+}
+
+impl Stripes {
+    /// Waits for `key`'s turn; the turn lasts as long as the guard.
+    pub async fn lock(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        self.0[(hasher.finish() as usize) % self.0.len()]
+            .lock()
+            .await
+    }
+}
+
 /// The handle the service uses for contexts: the store plus this replica's per-customer write
-/// serialisation. Cheap to clone; clones share the locks.
+/// turns.
 #[derive(Clone)]
 pub struct Contexts {
     store: Arc<dyn ContextStore>,
-    stripes: Arc<[tokio::sync::Mutex<()>]>,
+    stripes: Stripes,
 }
 
 impl Contexts {
     pub fn new(store: Arc<dyn ContextStore>) -> Self {
         Self {
             store,
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stripes: Stripes::default(),
         }
     }
 
@@ -197,16 +222,9 @@ impl Contexts {
         id: &CustomerId,
         change: impl FnMut(&mut CustomerContext) -> R + Send,
     ) -> Result<(CustomerContext, R), StoreError> {
-        let _turn = self.stripes[stripe(id)].lock().await;
+        let _turn = self.stripes.lock(id.as_str()).await;
         update(self.store.as_ref(), id, change).await
     }
-}
-
-fn stripe(id: &CustomerId) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    id.hash(&mut hasher);
-    (hasher.finish() as usize) % STRIPES
 }
 
 /// The ports the rest of the service uses, built from settings by `app`.
