@@ -188,13 +188,7 @@ mod tests {
             "{}",
             outcome.text
         );
-        assert!(
-            outcome
-                .text
-                .starts_with("Thanks, let me check how long the wait is. All our colleagues"),
-            "{}",
-            outcome.text
-        );
+        assert_checks_the_wait_then_answers(&outcome.text);
         let names: Vec<_> = outcome
             .tool_results
             .iter()
@@ -207,6 +201,14 @@ mod tests {
                 "check_wait_time",
                 "offer_whatsapp_handoff"
             ]
+        );
+    }
+
+    /// The first round's sentence, one space, then the second round's answer.
+    fn assert_checks_the_wait_then_answers(text: &str) {
+        assert!(
+            text.starts_with("Thanks, let me check how long the wait is. All our colleagues"),
+            "{text}"
         );
     }
 
@@ -246,13 +248,7 @@ mod tests {
             ["Thanks, let me check how long the wait is."]
         );
         // The words are the same as before: one space between rounds, none at the end.
-        assert!(
-            outcome
-                .text
-                .starts_with("Thanks, let me check how long the wait is. All our colleagues"),
-            "{}",
-            outcome.text
-        );
+        assert_checks_the_wait_then_answers(&outcome.text);
         assert!(!outcome.text.ends_with(' '), "{:?}", outcome.text);
     }
 }

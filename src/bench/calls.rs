@@ -3,8 +3,9 @@
 //! `Final` transcription every few seconds. Measures each turn's latency twice: as the engine
 //! sees it (the `Final` received from the socket → the play requested, recorded by the service)
 //! and end to end (the `Final` sent by the caller → the play recorded by the sandbox voice
-//! provider); and the service's CPU and its resident memory per call. The calls are answered here; their media sockets are played by the callers' process
-//! ([`super::callers`]), so that the service's process holds only the service.
+//! provider); and the service's CPU and its resident memory per call. The calls are answered
+//! here; their media sockets are played by the callers' process ([`super::callers`]), so that
+//! the service's process holds only the service.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -166,7 +167,12 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
     }
     latencies.sort_unstable();
     let stats = service.state.voice.stats.snapshot();
-    let mut engine: Vec<u64> = (service.state.voice.stats.recent_turn_latencies().iter())
+    let mut engine: Vec<u64> = service
+        .state
+        .voice
+        .stats
+        .recent_turn_latencies()
+        .into_iter()
         .map(|d| d.as_micros() as u64)
         .collect();
     engine.sort_unstable();

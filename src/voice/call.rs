@@ -619,8 +619,9 @@ impl Driver {
 }
 
 /// Writes a call's turns to the customer's context, in order. Turns that queued while a write
-/// was in flight (the caller's words, then the agent's reply a few milliseconds later) go into
-/// the next write together: one read and one write of the whole context, not one per turn.
+/// was in flight go into the next write together: one read and one write of the whole context,
+/// not one per turn. On a quick store they rarely queue (an agent's turn is remembered once it
+/// has been spoken); on a slow one (Cosmos DB under load) the writes no longer fall behind.
 async fn persist_turns(
     contexts: Contexts,
     customer: CustomerId,
@@ -748,8 +749,8 @@ mod tests {
         let customer = CustomerId::parse_phone("+15551234567").unwrap();
         let (tx, rx) = mpsc::channel(ACTION_BUFFER);
         let turn = |role, text: &str| Turn::new(Channel::Voice, role, text, Utc::now());
-        // The first turn is written alone; the next three queue behind it (the writer holds
-        // the customer's write turn while they arrive) and are written together.
+        // The first turn is written alone; the next three arrive while that write is in
+        // flight, queue, and are written together.
         tx.send(turn(Role::Customer, "one")).await.unwrap();
         let worker = tokio::spawn(persist_turns(
             contexts.clone(),
