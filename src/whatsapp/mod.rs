@@ -13,6 +13,7 @@
 
 pub mod acs;
 pub mod meta;
+mod pacing;
 pub mod planner;
 pub mod router;
 pub mod sandbox;

@@ -3,13 +3,12 @@
 //! messages), the interactive limits, and paces per business number and per recipient. Long
 //! text is split into ordered messages. Every accepted send is written to the message log.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::time::Instant;
 
+use super::pacing::Pacer;
 use super::router::{ProviderRouter, Route};
 use super::{Recipient, SenderError, WhatsAppSender};
 use crate::domain::outbound::{InteractiveError, MAX_TEXT_CHARS, split_text, window_open};
@@ -50,27 +49,6 @@ pub enum SendError {
 pub enum Initiation {
     Reply,
     Business,
-}
-
-/// Minimum-interval pacing per key (in-process; a shared limiter across replicas would live in
-/// Redis).
-#[derive(Default)]
-struct Pacer {
-    next: Mutex<HashMap<String, Instant>>,
-}
-
-impl Pacer {
-    /// Reserves the next slot for `key`; returns when it may be used.
-    fn reserve(&self, key: &str, interval: Duration) -> Instant {
-        let now = Instant::now();
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        if next.len() > 100_000 {
-            next.retain(|_, at| *at > now);
-        }
-        let slot = next.get(key).copied().filter(|at| *at > now).unwrap_or(now);
-        next.insert(key.to_owned(), slot + interval);
-        slot
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -196,18 +174,16 @@ impl SendPlanner {
         if message.is_free_form() && !self.window_is_open(&ctx) {
             return Err(SendError::WindowClosed);
         }
-        let per_number = Duration::from_secs(1) / self.settings.send_rate_per_sec.max(1);
-        let number_slot = self.pacer.reserve(
-            &format!("n:{}", recipient.business_number.as_deref().unwrap_or("")),
-            per_number,
-        );
-        let recipient_slot = self.pacer.reserve(
-            &format!("r:{}", recipient.address),
-            self.settings.recipient_min_interval,
-        );
-        let slot = number_slot.max(recipient_slot);
-        if slot > Instant::now() {
-            tokio::time::sleep_until(slot).await;
+        let waited = self
+            .pacer
+            .wait_turn(
+                recipient.business_number.as_deref().unwrap_or(""),
+                self.settings.send_rate_per_sec,
+                &recipient.address,
+                self.settings.recipient_min_interval,
+            )
+            .await;
+        if waited {
             // The wait may have crossed the window's end: check again, right before the call.
             if message.is_free_form() {
                 let fresh = crate::store::get_or_default(self.contexts.store(), customer).await?;
