@@ -21,8 +21,11 @@ pub enum MediaFrame {
         /// Bytes per frame (640 for 20 ms at 16 kHz).
         frame_bytes: usize,
     },
+    /// Caller audio. The engine does not listen to it (ACS transcribes the call), so the base64
+    /// payload is not decoded: at 50 frames a second per call that was CPU for nothing.
     Audio {
-        pcm: Vec<u8>,
+        /// The payload's size once decoded (640 for 20 ms at 16 kHz).
+        bytes: usize,
         silent: bool,
         participant: Option<String>,
     },
@@ -106,9 +109,8 @@ pub fn parse_frame(text: &str) -> Result<MediaFrame, FrameError> {
         "audiodata" => {
             let p = payload()?;
             let data = str_ci(p, "data").ok_or_else(|| bad("data"))?;
-            let pcm = B64.decode(data.as_bytes()).map_err(|_| bad("data"))?;
             Ok(MediaFrame::Audio {
-                pcm,
+                bytes: decoded_len(data).ok_or_else(|| bad("data"))?,
                 silent: get_ci(p, "silent")
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
@@ -184,20 +186,34 @@ fn audio_fast_path(text: &str) -> Option<Result<MediaFrame, FrameError>> {
     }
     let audio = frame.audio_data?;
     let data = audio.data?;
-    Some(match B64.decode(data.as_bytes()) {
-        Ok(pcm) => Ok(MediaFrame::Audio {
-            pcm,
-            silent: audio.silent.unwrap_or(false),
-            participant: audio
-                .participant
-                .filter(|p| !p.is_empty())
-                .map(Cow::into_owned),
-        }),
-        Err(_) => Err(FrameError::BadField {
+    let Some(bytes) = decoded_len(&data) else {
+        return Some(Err(FrameError::BadField {
             kind: frame.kind.into_owned(),
             field: "data",
-        }),
-    })
+        }));
+    };
+    Some(Ok(MediaFrame::Audio {
+        bytes,
+        silent: audio.silent.unwrap_or(false),
+        participant: audio
+            .participant
+            .filter(|p| !p.is_empty())
+            .map(Cow::into_owned),
+    }))
+}
+
+/// The size of a base64 payload once decoded, or `None` when it is not base64; checked in
+/// one pass over the text, without decoding it.
+fn decoded_len(b64: &str) -> Option<usize> {
+    let b64 = b64
+        .strip_suffix("==")
+        .or_else(|| b64.strip_suffix('='))
+        .unwrap_or(b64);
+    let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    if b64.len() % 4 == 1 || !b64.as_bytes().iter().all(alphabet) {
+        return None;
+    }
+    Some(b64.len() / 4 * 3 + (b64.len() % 4).saturating_sub(1))
 }
 
 fn get_ci<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -358,7 +374,7 @@ mod tests {
         assert_eq!(
             audio,
             MediaFrame::Audio {
-                pcm: vec![1, 2, 3, 4],
+                bytes: 4,
                 silent: false,
                 participant: Some("4:+15551234567".into())
             }
@@ -484,6 +500,18 @@ mod tests {
     }
 
     #[test]
+    fn the_decoded_size_of_audio_is_known_without_decoding() {
+        for n in [0usize, 1, 2, 3, 4, 5, 639, 640, 960] {
+            let b64 = B64.encode(vec![7u8; n]);
+            assert_eq!(decoded_len(&b64), Some(n), "{b64}");
+            assert_eq!(decoded_len(b64.trim_end_matches('=')), Some(n), "unpadded");
+        }
+        for bad in ["%%%", "A", "AAAAA", "AA=A", "AQ===", "AQ\\u0041"] {
+            assert_eq!(decoded_len(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn the_audio_fast_path_reads_what_the_lenient_path_reads() {
         let fast = r#"{"kind":"AudioData","audioData":{"timestamp":"2024-11-15T19:16:12.925Z","participantRawID":"4:+15551234567","data":"AAEC","silent":true}}"#;
         // Different casing misses the fast path and takes the case-insensitive one.
@@ -491,7 +519,7 @@ mod tests {
         assert!(audio_fast_path(fast).is_some());
         assert!(audio_fast_path(lenient).is_none());
         let expected = MediaFrame::Audio {
-            pcm: vec![0, 1, 2],
+            bytes: 3,
             silent: true,
             participant: Some("4:+15551234567".into()),
         };
