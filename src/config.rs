@@ -348,7 +348,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "WHATSAPP_SEND_RATE_PER_SEC",
-        "messages per second per business number (default 80)",
+        "most messages per business number in any one second (default 80, Meta's standard throughput); a burst within it leaves at once",
     ),
     (
         "WHATSAPP_RECIPIENT_MIN_INTERVAL_MS",
