@@ -35,6 +35,10 @@ impl Pacer {
     /// Waits until one message from `number` to `recipient` may leave: no earlier than `gap`
     /// after the recipient's last message, and with fewer than `per_second` messages from the
     /// number in the second before it. Returns whether it had to wait.
+    ///
+    /// Each wait is exported as `handoff_whatsapp_send_wait_seconds{limit}` (`recipient` or
+    /// `number`, zero when there was none): a growing `number` tail means the business number's
+    /// throughput is what customers wait for.
     pub(super) async fn wait_turn(
         &self,
         number: &str,
@@ -42,20 +46,19 @@ impl Pacer {
         recipient: &str,
         gap: Duration,
     ) -> bool {
-        let mut waited = false;
         let recipient_slot = self.reserve_recipient(recipient, gap);
-        if recipient_slot > Instant::now() {
-            tokio::time::sleep_until(recipient_slot).await;
-            waited = true;
-        }
+        let recipient_wait = wait_until(recipient_slot).await;
         let number_slot = self.reserve_number(number, per_second);
         if number_slot > Instant::now() {
             // Held back by the number: the recipient's next gap starts from this send.
             self.push_recipient(recipient, number_slot + gap);
-            tokio::time::sleep_until(number_slot).await;
-            waited = true;
         }
-        waited
+        let number_wait = wait_until(number_slot).await;
+        metrics::histogram!("handoff_whatsapp_send_wait_seconds", "limit" => "recipient")
+            .record(recipient_wait.as_secs_f64());
+        metrics::histogram!("handoff_whatsapp_send_wait_seconds", "limit" => "number")
+            .record(number_wait.as_secs_f64());
+        !recipient_wait.is_zero() || !number_wait.is_zero()
     }
 
     fn reserve_recipient(&self, recipient: &str, gap: Duration) -> Instant {
@@ -85,6 +88,15 @@ impl Pacer {
         let granted = numbers.entry(number.to_owned()).or_default();
         window_slot(granted, per_second.max(1) as usize, now)
     }
+}
+
+/// Sleeps until `slot` if it is ahead; how long that was.
+async fn wait_until(slot: Instant) -> Duration {
+    let wait = slot.saturating_duration_since(Instant::now());
+    if !wait.is_zero() {
+        tokio::time::sleep_until(slot).await;
+    }
+    wait
 }
 
 /// The earliest moment from `now` on (and not before an earlier grant, so sends keep their

@@ -351,6 +351,7 @@ async fn the_whole_story_from_yes_on_the_phone_to_the_answer_on_whatsapp() {
         "handoff_template_sent_total",
         "handoff_resumed_total",
         "handoff_voice_turn_latency_seconds",
+        "handoff_whatsapp_send_wait_seconds{limit=\"number\"",
     ] {
         assert!(metrics.contains(name), "{name} in {metrics}");
     }
