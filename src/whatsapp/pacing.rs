@@ -3,9 +3,9 @@
 //!
 //! - Per business number, Meta's throughput limit is a rate: at most `limit` messages in any
 //!   one-second window (80 by default). The pacer grants exactly that, so a handful of sends at
-//!   the same moment (four handoffs' templates, a reply split in parts) leave together, and only
-//!   a flood is spread out. Spacing every send `1/limit` apart, as the first pacer did, made the
-//!   fourth of four simultaneous handoffs wait 37.5 ms for no limit's sake.
+//!   the same moment (four handoffs' templates, replies to several customers) leave together,
+//!   and only a flood is spread out. Spacing every send `1/limit` apart, as the first pacer
+//!   did, made the fourth of four simultaneous handoffs wait 37.5 ms for no limit's sake.
 //! - Per recipient, Meta's pair limit is a minimum gap between messages to one customer.
 //!
 //! A send first waits out its recipient's gap and only then takes its place in the number's
