@@ -65,8 +65,8 @@ pub struct BenchArgs {
     pub handoff_concurrency: usize,
     /// WhatsApp sends per second per business number in `handoff` (the service's pacing,
     /// `WHATSAPP_SEND_RATE_PER_SEC`; unset: the service's default, Meta's standard
-    /// throughput). Handoffs that send at the same moment wait for their slots; a high value
-    /// shows the saga without that wait.
+    /// throughput). Sends beyond it in any one second wait for the window; a high value shows
+    /// the saga without any pacing.
     #[arg(long)]
     pub whatsapp_send_rate: Option<u32>,
     /// `ingest` without the inbox worker: measures acknowledgements alone, then checks that

@@ -183,13 +183,11 @@ impl SendPlanner {
                 self.settings.recipient_min_interval,
             )
             .await;
-        if waited {
+        if waited && message.is_free_form() {
             // The wait may have crossed the window's end: check again, right before the call.
-            if message.is_free_form() {
-                let fresh = crate::store::get_or_default(self.contexts.store(), customer).await?;
-                if !self.window_is_open(&fresh) {
-                    return Err(SendError::WindowClosed);
-                }
+            let fresh = crate::store::get_or_default(self.contexts.store(), customer).await?;
+            if !self.window_is_open(&fresh) {
+                return Err(SendError::WindowClosed);
             }
         }
         let message_id = self.sender.send(&recipient, &message).await?;
