@@ -66,6 +66,8 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the inbox work runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("server error: {0}")]
     Serve(std::io::Error),
     #[error("cannot set up the agent: {0}")]
@@ -84,6 +86,40 @@ pub struct App {
     listener: TcpListener,
     workers: TaskTracker,
     cancel: CancellationToken,
+    work: WorkRuntime,
+}
+
+/// A tokio runtime of its own for the WhatsApp inbox's work (agent turns, context and log
+/// writes, replies). Webhook acknowledgements are served by the main runtime's threads, so a
+/// burst of deliveries is acknowledged without queueing behind the work it creates: tokio
+/// schedules tasks cooperatively, and on one runtime an HTTP request waited for whatever
+/// worker task held its thread (docs/performance.md, sixth session).
+struct WorkRuntime(Option<tokio::runtime::Runtime>);
+
+impl WorkRuntime {
+    fn new() -> std::io::Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("inbox-work")
+            .enable_all()
+            .build()
+            .map(|rt| Self(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("set until dropped").handle()
+    }
+}
+
+impl Drop for WorkRuntime {
+    /// The app may be dropped inside the main runtime, where blocking on a shutdown is not
+    /// allowed; the work's tasks were already given the grace period by `App::run`.
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl App {
@@ -152,6 +188,7 @@ impl App {
             listener,
             workers: TaskTracker::new(),
             cancel: CancellationToken::new(),
+            work: WorkRuntime::new().map_err(StartupError::Runtime)?,
         };
         Ok(app)
     }
@@ -164,6 +201,11 @@ impl App {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Where the WhatsApp inbox's work runs (see [`WorkRuntime`]).
+    pub(crate) fn work_runtime(&self) -> &tokio::runtime::Handle {
+        self.work.handle()
     }
 
     /// Starts a long-running worker that runs until the app shuts down. The future receives a

@@ -12,10 +12,12 @@ use bytes::Bytes;
 use rand::Rng;
 
 use super::{
-    BenchArgs, BenchError, IngestReport, LoadCost, LoadFigures, Progress, Service, Verification,
+    Batches, BenchArgs, BenchError, IngestReport, LoadCost, LoadFigures, Progress, Service,
+    Verification,
 };
 use crate::domain::{Channel, CustomerId, Direction, Role};
 use crate::store::embedded::WRITER_TOTALS;
+use crate::store::inbox::INBOX_LOG_TOTALS;
 
 const CHANNEL_ID: &str = "bench-channel";
 /// How long the inbox may take to drain before the verification gives up.
@@ -198,6 +200,7 @@ struct Window {
     at: Instant,
     cpu: Duration,
     writer: (u64, u64, u64),
+    log: (u64, u64, u64),
 }
 
 impl Window {
@@ -206,21 +209,27 @@ impl Window {
             at: Instant::now(),
             cpu: super::process_usage().1,
             writer: WRITER_TOTALS.snapshot(),
+            log: INBOX_LOG_TOTALS.snapshot(),
         }
     }
 
     fn close(self) -> LoadCost {
         let wall = self.at.elapsed().as_secs_f64().max(1e-9);
         let cpu = super::process_usage().1.saturating_sub(self.cpu);
-        let (commits, operations, busy) = WRITER_TOTALS.snapshot();
-        let commits = commits - self.writer.0;
-        let operations = operations - self.writer.1;
+        let batches = |before: (u64, u64, u64), after: (u64, u64, u64)| {
+            let count = after.0 - before.0;
+            let operations = after.1 - before.1;
+            Batches {
+                batches: count,
+                operations,
+                mean_batch: operations as f64 / count.max(1) as f64,
+                busy: (after.2 - before.2) as f64 / 1e6 / wall,
+            }
+        };
         LoadCost {
             cores_busy: cpu.as_secs_f64() / wall,
-            commits,
-            operations,
-            mean_batch: operations as f64 / commits.max(1) as f64,
-            writer_busy: (busy - self.writer.2) as f64 / 1e6 / wall,
+            store_writer: batches(self.writer, WRITER_TOTALS.snapshot()),
+            inbox_log: batches(self.log, INBOX_LOG_TOTALS.snapshot()),
         }
     }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 pub use report::{
-    CallsReport, HandoffReport, IngestReport, LoadCost, LoadFigures, Report, StepFigures,
+    Batches, CallsReport, HandoffReport, IngestReport, LoadCost, LoadFigures, Report, StepFigures,
     Verification,
 };
 

@@ -75,11 +75,20 @@ pub struct IngestReport {
 pub struct LoadCost {
     /// Process CPU time (user + system) ÷ wall time: cores busy, load generator included.
     pub cores_busy: f64,
-    /// Embedded group commits, the operations they carried, and the writer thread's busy share.
-    pub commits: u64,
+    /// redb's group commits (the worker's writes, the inbox's checkpoints).
+    pub store_writer: Batches,
+    /// The embedded inbox log's synced batches (what acknowledgements wait for).
+    pub inbox_log: Batches,
+}
+
+/// One serial stage's batches over a window: how many, the operations they carried, and the
+/// share of wall time its thread spent inside one.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Batches {
+    pub batches: u64,
     pub operations: u64,
     pub mean_batch: f64,
-    pub writer_busy: f64,
+    pub busy: f64,
 }
 
 /// Read back from the service's own records, not from the load generator.
@@ -206,12 +215,16 @@ impl Report {
             let c = &i.during_load;
             let _ = writeln!(
                 out,
-                "            during the load: {:.2} cores busy; {} commits carrying {} operations (mean batch {:.1}), writer busy {:.0}%",
+                "            during the load: {:.2} cores busy; inbox log: {} syncs carrying {} operations (mean {:.1}), busy {:.0}%; store: {} commits carrying {} operations (mean {:.1}), busy {:.0}%",
                 c.cores_busy,
-                c.commits,
-                c.operations,
-                c.mean_batch,
-                c.writer_busy * 100.0
+                c.inbox_log.batches,
+                c.inbox_log.operations,
+                c.inbox_log.mean_batch,
+                c.inbox_log.busy * 100.0,
+                c.store_writer.batches,
+                c.store_writer.operations,
+                c.store_writer.mean_batch,
+                c.store_writer.busy * 100.0
             );
             let v = &i.verification;
             if i.ack_only {

@@ -9,7 +9,7 @@
 //! worker thread.
 
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -43,6 +43,7 @@ pub struct EmbeddedDb {
 
 struct Inner {
     db: Arc<Database>,
+    dir: PathBuf,
     /// `None` only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -90,10 +91,21 @@ impl EmbeddedDb {
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
+                dir: dir.to_owned(),
                 jobs: Some(jobs),
                 writer: Some(writer),
             }),
         })
+    }
+
+    /// The database itself, for read snapshots taken off the tokio threads.
+    pub(crate) fn database(&self) -> &Database {
+        &self.inner.db
+    }
+
+    /// The directory the database lives in (other embedded files sit beside it).
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
     }
 
     /// Runs `op` inside the next group-commit transaction and returns its result once that
@@ -204,14 +216,18 @@ pub struct WriterTotals {
     busy_micros: AtomicU64,
 }
 
-pub static WRITER_TOTALS: WriterTotals = WriterTotals {
-    commits: AtomicU64::new(0),
-    operations: AtomicU64::new(0),
-    busy_micros: AtomicU64::new(0),
-};
+pub static WRITER_TOTALS: WriterTotals = WriterTotals::new();
 
 impl WriterTotals {
-    fn record(&self, size: usize, busy: Duration) {
+    pub const fn new() -> Self {
+        Self {
+            commits: AtomicU64::new(0),
+            operations: AtomicU64::new(0),
+            busy_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn record(&self, size: usize, busy: Duration) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.operations.fetch_add(size as u64, Ordering::Relaxed);
         self.busy_micros

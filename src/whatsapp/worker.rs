@@ -131,12 +131,13 @@ impl Dispatcher {
 /// Starts the WhatsApp workers on `app`.
 pub fn spawn_workers(app: &crate::app::App, wa: Arc<WhatsApp>) {
     let w = wa.clone();
+    let work = app.work_runtime().clone();
     app.spawn_worker("whatsapp-dispatcher", move |cancel| async move {
         let tasks = tokio_util::task::TaskTracker::new();
         loop {
             while let Some(partition) = w.dispatcher.next_ready() {
                 let w = w.clone();
-                tasks.spawn(async move { w.run_partition(partition).await });
+                tasks.spawn_on(async move { w.run_partition(partition).await }, &work);
             }
             tokio::select! {
                 () = cancel.cancelled() => break,

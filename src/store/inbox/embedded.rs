@@ -1,0 +1,1016 @@
+//! The inbox in the embedded store: a write-ahead log of our own for what acknowledgements wait
+//! on, redb for the state.
+//!
+//! An append is decided and logged by one thread, the inbox log thread: it takes every
+//! operation waiting, decides each append's dedupe keys in arrival order (against what was
+//! claimed since the last checkpoint, in memory, and against redb for older keys), writes the
+//! batch's records to the log and syncs once, then answers. That sync is one small sequential
+//! write, where a redb commit rewrites and syncs every B-tree page it touched and makes the
+//! next transaction wait for it; acknowledgements no longer queue behind the worker's context
+//! writes either. Completions are logged the same way.
+//!
+//! What the log holds since the last checkpoint (entries, claimed keys, completions) is kept
+//! in memory as the *active* delta. Every `checkpoint_records` changes or `checkpoint_every`,
+//! the thread freezes the delta at the log's current position and hands it to redb's
+//! group-commit writer as one job (entries still pending into `inbox`, keys into
+//! `inbox_keys`, completed rows removed, and the position to replay from into
+//! `whatsapp_meta`); once that commit is durable, segments wholly before the position are
+//! deleted. A segment is closed at `segment_bytes`, so starting one (a new file and a sync of
+//! its directory, several milliseconds here) is rare rather than once per checkpoint. An entry
+//! that is completed before its checkpoint never reaches redb at all. A failed checkpoint
+//! merges the frozen delta back; the next one carries both.
+//!
+//! At start-up the log from the recorded position on is replayed into a delta, which is
+//! checkpointed before the inbox takes its first append: a crash loses nothing that was
+//! acknowledged, and nothing is replayed twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::log::{self, AppendError, Position, Segment};
+use super::{
+    Appended, BACKEND, DEDUPE_TTL, EntryKey, INBOX, INBOX_KEYS, Inbox, InboxEntry, META, NewEntry,
+    StoredEntry, be, now_millis,
+};
+use crate::store::StoreError;
+use crate::store::embedded::{EmbeddedDb, WriterTotals};
+
+/// Upper bound on operations logged with one sync.
+const MAX_BATCH: usize = 1024;
+const SEQ: &str = "inbox_seq";
+/// Where replay starts: the first record not yet checkpointed (segment generation, byte offset).
+const GENERATION: &str = "inbox_log_generation";
+const OFFSET: &str = "inbox_log_offset";
+const TAG_APPEND: u8 = 1;
+const TAG_COMPLETE: u8 = 2;
+
+/// The inbox log's batches (syncs, operations, busy time), for `handoff bench`'s report.
+pub static INBOX_LOG_TOTALS: WriterTotals = WriterTotals::new();
+
+/// When the log's contents move into redb.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Changes (entries, keys, completions) since the last checkpoint that start the next.
+    pub checkpoint_records: usize,
+    /// The longest a change waits for its checkpoint.
+    pub checkpoint_every: Duration,
+    /// A segment this large is closed and the next one started.
+    pub segment_bytes: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            checkpoint_records: 4096,
+            checkpoint_every: Duration::from_millis(500),
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The inbox in the embedded store (see the module documentation). Cheap to clone; the log
+/// thread stops after the last clone is dropped.
+#[derive(Clone)]
+pub struct EmbeddedInbox {
+    shared: Arc<Shared>,
+    thread: Arc<LogThread>,
+}
+
+struct Shared {
+    db: EmbeddedDb,
+    dir: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    active: Delta,
+    /// Being written to redb by a checkpoint.
+    frozen: Option<Arc<Delta>>,
+    /// Set when the log could not be cut back after a failed write: nothing more is logged.
+    broken: Option<String>,
+}
+
+/// The inbox's changes since a checkpoint.
+#[derive(Default, Clone)]
+struct Delta {
+    /// Durable entries not yet completed: seq → the stored entry's JSON.
+    entries: BTreeMap<u64, Vec<u8>>,
+    /// Dedupe keys claimed → expiry (ms since the epoch).
+    keys: HashMap<String, u64>,
+    /// Completed entries that are not in `entries` (in redb, or in the frozen delta).
+    completed: BTreeSet<u64>,
+    last_seq: u64,
+}
+
+impl Delta {
+    fn changes(&self) -> usize {
+        self.entries.len() + self.keys.len() + self.completed.len()
+    }
+
+    fn complete(&mut self, seq: u64) {
+        if self.entries.remove(&seq).is_none() {
+            self.completed.insert(seq);
+        }
+    }
+
+    /// Adds the changes of a later delta.
+    fn absorb(&mut self, later: Delta) {
+        self.entries.extend(later.entries);
+        self.keys.extend(later.keys);
+        for seq in later.completed {
+            self.complete(seq);
+        }
+        self.last_seq = self.last_seq.max(later.last_seq);
+    }
+}
+
+type Encoded = Vec<(Vec<String>, StoredEntry, Vec<u8>)>;
+
+enum Op {
+    Append(Encoded, oneshot::Sender<Result<Vec<Appended>, StoreError>>),
+    Complete(Vec<u64>, oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// The log thread's queue; joining the thread on drop releases the store before the drop
+/// returns, so the same directory can be opened again at once.
+struct LogThread {
+    ops: Option<mpsc::Sender<Op>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogThread {
+    fn drop(&mut self) {
+        self.ops.take();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl EmbeddedInbox {
+    pub async fn new(db: EmbeddedDb) -> Result<Self, StoreError> {
+        Self::with_tuning(db, Tuning::default()).await
+    }
+
+    /// Opens the inbox: replays the log since the last checkpoint into redb, then starts the
+    /// log thread on a new segment.
+    pub async fn with_tuning(db: EmbeddedDb, tuning: Tuning) -> Result<Self, StoreError> {
+        let (seq, from) = db
+            .write(|txn| {
+                txn.open_table(INBOX).map_err(be)?;
+                txn.open_table(INBOX_KEYS).map_err(be)?;
+                let meta = txn.open_table(META).map_err(be)?;
+                let get = |name| -> Result<u64, StoreError> {
+                    Ok(meta.get(name).map_err(be)?.map(|v| v.value()).unwrap_or(0))
+                };
+                let from = Position {
+                    generation: get(GENERATION)?,
+                    offset: get(OFFSET)?,
+                };
+                Ok((get(SEQ)?, from))
+            })
+            .await?;
+        let dir = db.dir().join("inbox-log");
+        let replay_dir = dir.clone();
+        let (replayed, start) = tokio::task::spawn_blocking(move || replay(&replay_dir, from))
+            .await
+            .map_err(be)??;
+        if replayed.changes() > 0 {
+            tracing::info!(
+                entries = replayed.entries.len(),
+                completions = replayed.completed.len(),
+                "inbox log replayed"
+            );
+        }
+        let next_seq = seq.max(replayed.last_seq);
+        let start_at = Position {
+            generation: start,
+            offset: 0,
+        };
+        db.write(move |txn| write_checkpoint(txn, &replayed, start_at))
+            .await?;
+        let segment_dir = dir.clone();
+        let segment = tokio::task::spawn_blocking(move || {
+            log::remove_before(&segment_dir, start);
+            Segment::create(&segment_dir, start)
+        })
+        .await
+        .map_err(be)?
+        .map_err(|e| {
+            StoreError::backend(BACKEND, format!("cannot create an inbox log segment: {e}"))
+        })?;
+
+        let shared = Arc::new(Shared {
+            db,
+            dir,
+            state: Mutex::default(),
+        });
+        let (ops, rx) = mpsc::channel();
+        let thread_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("inbox-log".into())
+            .spawn(move || {
+                LogWriter {
+                    shared: thread_shared,
+                    segment,
+                    next_seq,
+                    tuning,
+                    last_checkpoint: Instant::now(),
+                    buf: Vec::with_capacity(1 << 16),
+                }
+                .run(&rx);
+            })
+            .map_err(be)?;
+        Ok(Self {
+            shared,
+            thread: Arc::new(LogThread {
+                ops: Some(ops),
+                handle: Some(handle),
+            }),
+        })
+    }
+
+    fn send(&self, op: Op) -> Result<(), StoreError> {
+        self.thread
+            .ops
+            .as_ref()
+            .ok_or_else(|| StoreError::unavailable(BACKEND, "closing"))?
+            .send(op)
+            .map_err(|_| StoreError::unavailable(BACKEND, "the inbox log thread stopped"))
+    }
+}
+
+/// Reads the log from `from` on into one delta. Returns it and the generation the next segment
+/// must have (above every segment on disk, so none is ever written twice).
+fn replay(dir: &Path, from: Position) -> Result<(Delta, u64), StoreError> {
+    let io = |e: std::io::Error| {
+        StoreError::backend(BACKEND, format!("inbox log {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let generations = log::generations(dir).map_err(io)?;
+    let mut delta = Delta::default();
+    for &g in generations.iter().filter(|g| **g >= from.generation) {
+        let bytes = log::read_segment(dir, g).map_err(io)?;
+        let skip = if g == from.generation {
+            from.offset as usize
+        } else {
+            0
+        };
+        let unread = bytes.get(skip..).unwrap_or_default();
+        for (n, record) in log::records(unread).into_iter().enumerate() {
+            apply_replayed(&mut delta, record).ok_or_else(|| {
+                StoreError::backend(
+                    BACKEND,
+                    format!("inbox log segment {g:x}, record {n}: not an inbox record"),
+                )
+            })?;
+        }
+    }
+    let next = generations
+        .last()
+        .map_or(from.generation, |last| (last + 1).max(from.generation));
+    Ok((delta, next))
+}
+
+fn apply_replayed(delta: &mut Delta, record: &[u8]) -> Option<()> {
+    let mut r = Reader(record);
+    match r.u8()? {
+        TAG_APPEND => {
+            let seq = r.u64()?;
+            let expires = r.u64()?;
+            let count = r.u16()?;
+            let mut keys = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let len = r.u16()? as usize;
+                keys.push(std::str::from_utf8(r.take(len)?).ok()?.to_owned());
+            }
+            // A record repeated after a write that failed but reached the disk anyway.
+            if keys.iter().any(|k| delta.keys.contains_key(k)) {
+                return Some(());
+            }
+            delta.keys.extend(keys.into_iter().map(|k| (k, expires)));
+            delta.entries.insert(seq, r.0.to_vec());
+            delta.last_seq = delta.last_seq.max(seq);
+        }
+        TAG_COMPLETE => {
+            let count = r.u32()?;
+            for _ in 0..count {
+                let seq = r.u64()?;
+                delta.complete(seq);
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+/// Writes a delta into redb: entries still pending, keys, completed rows removed, and the
+/// position replay starts from. Every step is idempotent, so a checkpoint that failed half
+/// way is simply written again.
+fn write_checkpoint(
+    txn: &WriteTransaction,
+    delta: &Delta,
+    from: Position,
+) -> Result<(), StoreError> {
+    let mut inbox = txn.open_table(INBOX).map_err(be)?;
+    let mut keys = txn.open_table(INBOX_KEYS).map_err(be)?;
+    let mut meta = txn.open_table(META).map_err(be)?;
+    for (seq, bytes) in &delta.entries {
+        inbox.insert(*seq, bytes.as_slice()).map_err(be)?;
+    }
+    for seq in &delta.completed {
+        inbox.remove(*seq).map_err(be)?;
+    }
+    for (key, expires) in &delta.keys {
+        keys.insert(key.as_str(), *expires).map_err(be)?;
+    }
+    let seq = meta.get(SEQ).map_err(be)?.map_or(0, |v| v.value());
+    meta.insert(SEQ, seq.max(delta.last_seq)).map_err(be)?;
+    meta.insert(GENERATION, from.generation).map_err(be)?;
+    meta.insert(OFFSET, from.offset).map_err(be)?;
+    Ok(())
+}
+
+/// An operation's outcome, answered once its batch is on disk.
+enum Plan {
+    Append {
+        reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+        result: Vec<Appended>,
+        fresh: Vec<(u64, Vec<u8>)>,
+        claimed: Vec<String>,
+    },
+    Refused(
+        oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+        StoreError,
+    ),
+    Complete(Vec<u64>, oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// The log thread.
+struct LogWriter {
+    shared: Arc<Shared>,
+    segment: Segment,
+    next_seq: u64,
+    tuning: Tuning,
+    last_checkpoint: Instant,
+    buf: Vec<u8>,
+}
+
+impl LogWriter {
+    fn run(mut self, ops: &mpsc::Receiver<Op>) {
+        loop {
+            match ops.recv_timeout(self.tuning.checkpoint_every) {
+                Ok(first) => {
+                    let mut batch = Vec::with_capacity(64);
+                    batch.push(first);
+                    while batch.len() < MAX_BATCH {
+                        match ops.try_recv() {
+                            Ok(op) => batch.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    self.log_batch(batch);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.segment.position().offset >= self.tuning.segment_bytes
+                && let Err(err) = self.segment.rotate()
+            {
+                tracing::warn!(error = %err, "cannot start the next inbox log segment; the current one goes on");
+            }
+            self.maybe_checkpoint();
+        }
+    }
+
+    fn log_batch(&mut self, batch: Vec<Op>) {
+        let started = Instant::now();
+        let size = batch.len();
+        self.buf.clear();
+        let mut plans = Vec::with_capacity(size);
+        let shared = self.shared.clone();
+        {
+            let mut state = lock(&shared.state);
+            if let Some(why) = &state.broken {
+                let err = StoreError::unavailable(BACKEND, why.clone());
+                for op in batch {
+                    match op {
+                        Op::Append(_, reply) => {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                        Op::Complete(_, reply) => {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                    }
+                }
+                return;
+            }
+            let now = now_millis();
+            let expires = now + DEDUPE_TTL.as_millis() as u64;
+            let mut older = OlderKeys::new(&shared.db, state.frozen.clone());
+            for op in batch {
+                plans.push(match op {
+                    Op::Append(encoded, reply) => {
+                        self.plan_append(&mut state, &mut older, encoded, reply, now, expires)
+                    }
+                    Op::Complete(seqs, reply) => {
+                        log::frame(&mut self.buf, |b| {
+                            b.push(TAG_COMPLETE);
+                            b.extend_from_slice(&(seqs.len() as u32).to_le_bytes());
+                            for seq in &seqs {
+                                b.extend_from_slice(&seq.to_le_bytes());
+                            }
+                        });
+                        Plan::Complete(seqs, reply)
+                    }
+                });
+            }
+            state.active.last_seq = self.next_seq;
+        }
+
+        let written = if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.segment.append_durably(&self.buf)
+        };
+        metrics::histogram!("handoff_inbox_log_batch_size").record(size as f64);
+        metrics::histogram!("handoff_inbox_log_sync_seconds")
+            .record(started.elapsed().as_secs_f64());
+        INBOX_LOG_TOTALS.record(size, started.elapsed());
+
+        let mut state = lock(&shared.state);
+        let failure = match written {
+            Ok(()) => None,
+            Err(AppendError::Failed(err)) => {
+                tracing::error!(error = %err, "cannot write the inbox log");
+                Some(StoreError::unavailable(BACKEND, err))
+            }
+            Err(AppendError::Broken(why)) => {
+                tracing::error!(error = %why, "the inbox log is broken; appends are refused until restart");
+                state.broken = Some(why.clone());
+                Some(StoreError::unavailable(BACKEND, why))
+            }
+        };
+        for plan in plans {
+            match (plan, &failure) {
+                (
+                    Plan::Append {
+                        reply,
+                        result,
+                        fresh,
+                        ..
+                    },
+                    None,
+                ) => {
+                    state.active.entries.extend(fresh);
+                    let _ = reply.send(Ok(result));
+                }
+                (Plan::Append { reply, claimed, .. }, Some(err)) => {
+                    for key in claimed {
+                        state.active.keys.remove(&key);
+                    }
+                    let _ = reply.send(Err(err.clone()));
+                }
+                (Plan::Refused(reply, err), _) => {
+                    let _ = reply.send(Err(err));
+                }
+                (Plan::Complete(seqs, reply), None) => {
+                    for seq in seqs {
+                        state.active.complete(seq);
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+                (Plan::Complete(_, reply), Some(err)) => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Decides one append's entries (every key checked before any is claimed, so an error
+    /// leaves no claim of its own; appends before it in the batch count), claims the fresh
+    /// ones' keys and frames their records.
+    fn plan_append(
+        &mut self,
+        state: &mut State,
+        older: &mut OlderKeys<'_>,
+        encoded: Encoded,
+        reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+        now: u64,
+        expires: u64,
+    ) -> Plan {
+        let mut verdicts = Vec::with_capacity(encoded.len());
+        let mut fresh_keys: Vec<&str> = Vec::new();
+        for (dedupe_keys, _, _) in &encoded {
+            let mut duplicate = false;
+            for key in dedupe_keys {
+                // A duplicate inside the same delivery counts too.
+                let claimed = if fresh_keys.contains(&key.as_str()) {
+                    Ok(true)
+                } else {
+                    older.claimed(&state.active, key, now)
+                };
+                match claimed {
+                    Ok(true) => {
+                        duplicate = true;
+                        break;
+                    }
+                    Ok(false) => {}
+                    Err(err) => return Plan::Refused(reply, err),
+                }
+            }
+            if !duplicate {
+                fresh_keys.extend(dedupe_keys.iter().map(String::as_str));
+            }
+            verdicts.push(!duplicate);
+        }
+        let mut result = Vec::with_capacity(encoded.len());
+        let mut fresh = Vec::new();
+        let mut claimed = Vec::new();
+        for ((dedupe_keys, stored, bytes), is_fresh) in encoded.into_iter().zip(verdicts) {
+            if !is_fresh {
+                result.push(Appended::Duplicate);
+                continue;
+            }
+            self.next_seq += 1;
+            let seq = self.next_seq;
+            log::frame(&mut self.buf, |b| {
+                b.push(TAG_APPEND);
+                b.extend_from_slice(&seq.to_le_bytes());
+                b.extend_from_slice(&expires.to_le_bytes());
+                b.extend_from_slice(&(dedupe_keys.len() as u16).to_le_bytes());
+                for key in &dedupe_keys {
+                    b.extend_from_slice(&(key.len() as u16).to_le_bytes());
+                    b.extend_from_slice(key.as_bytes());
+                }
+                b.extend_from_slice(&bytes);
+            });
+            for key in &dedupe_keys {
+                state.active.keys.insert(key.clone(), expires);
+            }
+            claimed.extend(dedupe_keys);
+            result.push(Appended::Fresh(Box::new(stored.into_entry(seq))));
+            fresh.push((seq, bytes));
+        }
+        Plan::Append {
+            reply,
+            result,
+            fresh,
+            claimed,
+        }
+    }
+
+    /// Moves the changes since the last checkpoint into redb when enough have gathered or
+    /// the oldest has waited long enough, unless a checkpoint is still being written.
+    fn maybe_checkpoint(&mut self) {
+        let due = {
+            let state = lock(&self.shared.state);
+            let changes = state.active.changes();
+            state.frozen.is_none()
+                && state.broken.is_none()
+                && changes > 0
+                && (changes >= self.tuning.checkpoint_records
+                    || self.last_checkpoint.elapsed() >= self.tuning.checkpoint_every)
+        };
+        if !due {
+            return;
+        }
+        // Records from here on belong to the next delta.
+        let from = self.segment.position();
+        self.last_checkpoint = Instant::now();
+        let frozen = {
+            let mut state = lock(&self.shared.state);
+            let frozen = Arc::new(std::mem::take(&mut state.active));
+            state.frozen = Some(frozen.clone());
+            frozen
+        };
+        // Weak: the completion runs on redb's writer thread, which must never drop the last
+        // handle on the store (dropping it joins that very thread). An inbox gone by then
+        // leaves its segments to the next start, which knows the checkpoint.
+        let shared = Arc::downgrade(&self.shared);
+        let submitted = self.shared.db.submit(move |txn| {
+            let written = write_checkpoint(txn, &frozen, from);
+            drop(frozen);
+            Box::new(move |committed: Result<(), StoreError>| {
+                if let Some(shared) = shared.upgrade() {
+                    finish_checkpoint(&shared, committed.and(written), from);
+                }
+            })
+        });
+        if let Err(err) = submitted {
+            finish_checkpoint(&self.shared, Err(err), from);
+        }
+    }
+}
+
+fn finish_checkpoint(shared: &Shared, result: Result<(), StoreError>, from: Position) {
+    let mut state = lock(&shared.state);
+    let Some(frozen) = state.frozen.take() else {
+        return;
+    };
+    match result {
+        Ok(()) => {
+            drop(state);
+            log::remove_before(&shared.dir, from.generation);
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "inbox checkpoint failed; its changes wait for the next one");
+            let mut merged = Arc::unwrap_or_clone(frozen);
+            merged.absorb(std::mem::take(&mut state.active));
+            state.active = merged;
+        }
+    }
+}
+
+/// Looks keys up in memory (active delta, then the frozen one) and then in redb, in one read
+/// snapshot per batch taken after the frozen delta was seen: if the checkpoint finished
+/// before, redb already holds its keys; if not, the frozen delta does.
+struct OlderKeys<'a> {
+    db: &'a EmbeddedDb,
+    frozen: Option<Arc<Delta>>,
+    table: Option<redb::ReadOnlyTable<&'static str, u64>>,
+}
+
+impl<'a> OlderKeys<'a> {
+    fn new(db: &'a EmbeddedDb, frozen: Option<Arc<Delta>>) -> Self {
+        Self {
+            db,
+            frozen,
+            table: None,
+        }
+    }
+
+    fn claimed(&mut self, active: &Delta, key: &str, now: u64) -> Result<bool, StoreError> {
+        if let Some(expires) = active
+            .keys
+            .get(key)
+            .or_else(|| self.frozen.as_ref().and_then(|frozen| frozen.keys.get(key)))
+        {
+            return Ok(*expires > now);
+        }
+        if self.table.is_none() {
+            let txn = self.db.database().begin_read().map_err(be)?;
+            self.table = Some(txn.open_table(INBOX_KEYS).map_err(be)?);
+        }
+        let table = self.table.as_ref().expect("opened above");
+        Ok(table.get(key).map_err(be)?.is_some_and(|v| v.value() > now))
+    }
+}
+
+#[async_trait]
+impl Inbox for EmbeddedInbox {
+    async fn append(&self, entries: Vec<NewEntry>) -> Result<Vec<Appended>, StoreError> {
+        // Encoded here, so the log thread (the stage every delivery passes through) only
+        // copies bytes.
+        let mut encoded = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let id = entry.dedupe_keys.first().cloned().unwrap_or_default();
+            let stored = StoredEntry {
+                id,
+                partition: entry.partition,
+                event: entry.event,
+            };
+            let bytes = serde_json::to_vec(&stored).map_err(be)?;
+            encoded.push((entry.dedupe_keys, stored, bytes));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Append(encoded, tx))?;
+        rx.await
+            .map_err(|_| StoreError::unavailable(BACKEND, "the inbox write did not complete"))?
+    }
+
+    async fn pending(&self, limit: usize) -> Result<Vec<InboxEntry>, StoreError> {
+        // Memory first, then redb: a checkpoint that finishes in between only makes redb hold
+        // rows that memory already listed (merged by seq).
+        let (mut merged, completed) = {
+            let state = lock(&self.shared.state);
+            let mut merged = BTreeMap::new();
+            let mut completed = state.active.completed.clone();
+            if let Some(frozen) = &state.frozen {
+                completed.extend(frozen.completed.iter().copied());
+                merged.extend(
+                    frozen
+                        .entries
+                        .iter()
+                        .filter(|(seq, _)| !state.active.completed.contains(seq))
+                        .take(limit)
+                        .map(|(seq, bytes)| (*seq, bytes.clone())),
+                );
+            }
+            merged.extend(
+                state
+                    .active
+                    .entries
+                    .iter()
+                    .take(limit)
+                    .map(|(seq, bytes)| (*seq, bytes.clone())),
+            );
+            (merged, completed)
+        };
+        let stored = self
+            .shared
+            .db
+            .read(move |txn| {
+                let table = txn.open_table(INBOX).map_err(be)?;
+                let mut out = Vec::new();
+                for item in table.iter().map_err(be)? {
+                    let (k, v) = item.map_err(be)?;
+                    if completed.contains(&k.value()) {
+                        continue;
+                    }
+                    out.push((k.value(), v.value().to_vec()));
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        merged.extend(stored);
+        merged
+            .into_iter()
+            .take(limit)
+            .map(|(seq, bytes)| {
+                let stored: StoredEntry = serde_json::from_slice(&bytes).map_err(be)?;
+                Ok(stored.into_entry(seq))
+            })
+            .collect()
+    }
+
+    async fn complete(&self, done: Vec<EntryKey>) -> Result<(), StoreError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Complete(done.into_iter().map(|k| k.seq).collect(), tx))?;
+        rx.await
+            .map_err(|_| StoreError::unavailable(BACKEND, "the inbox write did not complete"))?
+    }
+
+    async fn purge_expired(&self) -> Result<usize, StoreError> {
+        let now = now_millis();
+        self.shared
+            .db
+            .write(move |txn| {
+                let mut table = txn.open_table(INBOX_KEYS).map_err(be)?;
+                Ok(table
+                    .extract_if(|_, expires| expires <= now)
+                    .map_err(be)?
+                    .count())
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{DeliveryStatus, StatusUpdate};
+    use crate::store::inbox::InboxEvent;
+    use redb::ReadableTableMetadata;
+
+    fn entry(key: &str, partition: &str) -> NewEntry {
+        NewEntry {
+            dedupe_keys: vec![key.to_owned()],
+            partition: partition.into(),
+            event: InboxEvent::Status(StatusUpdate::new(
+                key,
+                DeliveryStatus::Sent,
+                chrono::Utc::now(),
+            )),
+        }
+    }
+
+    /// Checkpoints only when the test says so (by reopening with another tuning).
+    const NEVER: Tuning = Tuning {
+        checkpoint_records: usize::MAX,
+        checkpoint_every: Duration::from_secs(3600),
+        segment_bytes: u64::MAX,
+    };
+
+    async fn open(dir: &Path, tuning: Tuning) -> EmbeddedInbox {
+        EmbeddedInbox::with_tuning(EmbeddedDb::open(dir).unwrap(), tuning)
+            .await
+            .unwrap()
+    }
+
+    async fn fresh(inbox: &EmbeddedInbox, key: &str) -> InboxEntry {
+        match inbox.append(vec![entry(key, "p")]).await.unwrap().remove(0) {
+            Appended::Fresh(e) => *e,
+            Appended::Duplicate => panic!("{key} was a duplicate"),
+        }
+    }
+
+    fn ids(entries: &[InboxEntry]) -> Vec<&str> {
+        entries.iter().map(|e| e.id.as_str()).collect()
+    }
+
+    /// (rows in redb's inbox table, keys in redb's key table)
+    async fn in_redb(inbox: &EmbeddedInbox) -> (usize, usize) {
+        inbox
+            .shared
+            .db
+            .read(|txn| {
+                let rows = txn.open_table(INBOX).map_err(be)?.len().map_err(be)?;
+                let keys = txn.open_table(INBOX_KEYS).map_err(be)?.len().map_err(be)?;
+                Ok((rows as usize, keys as usize))
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn what_was_acknowledged_survives_a_restart_without_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = open(dir.path(), NEVER).await;
+        let a = fresh(&inbox, "a").await;
+        let b = fresh(&inbox, "b").await;
+        fresh(&inbox, "c").await;
+        inbox.complete(vec![b.key()]).await.unwrap();
+        assert_eq!(in_redb(&inbox).await, (0, 0), "nothing checkpointed yet");
+        drop(inbox);
+
+        // The log is replayed: pending entries, their order and seqs, and every claim.
+        let inbox = open(dir.path(), NEVER).await;
+        let pending = inbox.pending(10).await.unwrap();
+        assert_eq!(ids(&pending), vec!["a", "c"]);
+        assert_eq!(pending[0], a);
+        assert_eq!(
+            in_redb(&inbox).await,
+            (2, 3),
+            "replay is checkpointed at once"
+        );
+        for key in ["a", "b", "c"] {
+            let again = inbox.append(vec![entry(key, "p")]).await.unwrap();
+            assert_eq!(again, vec![Appended::Duplicate], "{key}");
+        }
+        let d = fresh(&inbox, "d").await;
+        assert!(d.seq > pending[1].seq, "seqs keep rising after a restart");
+        assert_eq!(
+            log::generations(&dir.path().join("inbox-log"))
+                .unwrap()
+                .len(),
+            1,
+            "replayed segments are deleted"
+        );
+
+        // Completing a replayed entry (a row in redb) is remembered across the next restart.
+        inbox.complete(vec![a.key()]).await.unwrap();
+        drop(inbox);
+        let inbox = open(dir.path(), NEVER).await;
+        assert_eq!(ids(&inbox.pending(10).await.unwrap()), vec!["c", "d"]);
+    }
+
+    #[tokio::test]
+    async fn checkpoints_move_the_log_into_redb_and_delete_its_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = Tuning {
+            checkpoint_records: 1,
+            checkpoint_every: Duration::from_millis(10),
+            // A new segment after every batch.
+            segment_bytes: 1,
+        };
+        let inbox = open(dir.path(), tuning).await;
+        let a = fresh(&inbox, "a").await;
+        fresh(&inbox, "b").await;
+        let log_dir = dir.path().join("inbox-log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while in_redb(&inbox).await != (2, 2) || log::generations(&log_dir).unwrap().len() > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint: {:?}",
+                in_redb(&inbox).await
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(ids(&inbox.pending(10).await.unwrap()), vec!["a", "b"]);
+
+        inbox.complete(vec![a.key()]).await.unwrap();
+        assert_eq!(ids(&inbox.pending(10).await.unwrap()), vec!["b"]);
+        while in_redb(&inbox).await != (1, 2) {
+            assert!(Instant::now() < deadline, "completion not checkpointed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A key known only to redb still makes a duplicate.
+        drop(inbox);
+        let inbox = open(dir.path(), NEVER).await;
+        assert_eq!(
+            inbox.append(vec![entry("a", "p")]).await.unwrap(),
+            vec![Appended::Duplicate]
+        );
+        assert_eq!(ids(&inbox.pending(10).await.unwrap()), vec!["b"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_across_checkpoints_claim_each_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = Tuning {
+            checkpoint_records: 8,
+            checkpoint_every: Duration::from_millis(1),
+            segment_bytes: 4096,
+        };
+        let inbox = open(dir.path(), tuning).await;
+        // 400 callers, every key sent by two of them, while checkpoints come and go: exactly
+        // one of each pair wins, whether the other meets its key in memory or in redb.
+        let tasks: Vec<_> = (0..400)
+            .map(|i| {
+                let inbox = inbox.clone();
+                tokio::spawn(async move {
+                    if i % 2 == 1 {
+                        tokio::task::yield_now().await;
+                    }
+                    inbox.append(vec![entry(&format!("k{}", i / 2), "p")]).await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for task in tasks {
+            let out = task.await.unwrap().unwrap();
+            won += out
+                .iter()
+                .filter(|a| matches!(a, Appended::Fresh(_)))
+                .count();
+        }
+        assert_eq!(won, 200);
+        let pending = inbox.pending(1000).await.unwrap();
+        assert_eq!(pending.len(), 200);
+        // Complete half, restart, and the other half is what is left.
+        let (done, left): (Vec<_>, Vec<_>) = pending.into_iter().partition(|e| e.seq % 2 == 0);
+        inbox
+            .complete(done.iter().map(InboxEntry::key).collect())
+            .await
+            .unwrap();
+        drop(inbox);
+        let inbox = open(dir.path(), NEVER).await;
+        assert_eq!(inbox.pending(1000).await.unwrap(), left);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_record_is_dropped_and_a_foreign_one_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = open(dir.path(), NEVER).await;
+        fresh(&inbox, "a").await;
+        drop(inbox);
+        let log_dir = dir.path().join("inbox-log");
+        let last = *log::generations(&log_dir).unwrap().last().unwrap();
+        let path = log_dir.join(format!("inbox-{last:016x}.wal"));
+        // A batch whose sync never returned: half a record.
+        let mut torn = Vec::new();
+        log::frame(&mut torn, |b| {
+            b.extend_from_slice(&[TAG_COMPLETE, 1, 0, 0, 0])
+        });
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&torn[..torn.len() - 3]);
+        std::fs::write(&path, &bytes).unwrap();
+        let inbox = open(dir.path(), NEVER).await;
+        assert_eq!(ids(&inbox.pending(10).await.unwrap()), vec!["a"]);
+        drop(inbox);
+
+        // A whole record this version does not know is refused, not skipped.
+        let last = *log::generations(&log_dir).unwrap().last().unwrap();
+        let mut foreign = Vec::new();
+        log::frame(&mut foreign, |b| b.push(99));
+        std::fs::write(log_dir.join(format!("inbox-{last:016x}.wal")), &foreign).unwrap();
+        let err = EmbeddedInbox::with_tuning(EmbeddedDb::open(dir.path()).unwrap(), NEVER)
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("not an inbox record"), "{err}");
+    }
+}
