@@ -20,6 +20,7 @@ use crate::handoff::adapters::{ProviderCallControl, WhatsAppContinuation};
 use crate::handoff::tools::ToolServices;
 use crate::handoff::wait_time::{FixedWait, HttpWait, WaitTimeSource};
 use crate::handoff::{HandoffService, SUMMARY_MAX_CHARS};
+use crate::runtime::WorkRuntime;
 use crate::store::cached::CachedContextStore;
 use crate::store::cosmos::CosmosStore;
 use crate::store::cosmos_whatsapp::{CosmosInbox, CosmosMessageLog};
@@ -66,7 +67,7 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start the inbox work runtime: {0}")]
+    #[error("cannot start a work runtime: {0}")]
     Runtime(std::io::Error),
     #[error("server error: {0}")]
     Serve(std::io::Error),
@@ -86,40 +87,14 @@ pub struct App {
     listener: TcpListener,
     workers: TaskTracker,
     cancel: CancellationToken,
-    work: WorkRuntime,
+    runtimes: Runtimes,
 }
 
-/// A tokio runtime of its own for the WhatsApp inbox's work (agent turns, context and log
-/// writes, replies). Webhook acknowledgements are served by the main runtime's threads, so a
-/// burst of deliveries is acknowledged without queueing behind the work it creates: tokio
-/// schedules tasks cooperatively, and on one runtime an HTTP request waited for whatever
-/// worker task held its thread (docs/performance.md, sixth session).
-struct WorkRuntime(Option<tokio::runtime::Runtime>);
-
-impl WorkRuntime {
-    fn new() -> std::io::Result<Self> {
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("inbox-work")
-            .enable_all()
-            .build()
-            .map(|rt| Self(Some(rt)))
-    }
-
-    fn handle(&self) -> &tokio::runtime::Handle {
-        self.0.as_ref().expect("set until dropped").handle()
-    }
-}
-
-impl Drop for WorkRuntime {
-    /// The app may be dropped inside the main runtime, where blocking on a shutdown is not
-    /// allowed; the work's tasks were already given the grace period by `App::run`.
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
+/// The runtimes conversations run on (see `crate::runtime`): voice turns and the WhatsApp
+/// inbox's work, each apart from the main runtime's sockets and from each other.
+struct Runtimes {
+    voice: WorkRuntime,
+    whatsapp: WorkRuntime,
 }
 
 impl App {
@@ -130,6 +105,10 @@ impl App {
     pub async fn build_with(settings: Settings, mut hooks: Hooks) -> Result<Self, StartupError> {
         let stores = build_stores(&settings)?;
         crate::telemetry::metrics();
+        let runtimes = Runtimes {
+            voice: WorkRuntime::new("voice-turns").map_err(StartupError::Runtime)?,
+            whatsapp: WorkRuntime::new("whatsapp-work").map_err(StartupError::Runtime)?,
+        };
         if settings.webhooks.event_grid_secret.is_none() {
             tracing::warn!(
                 "EVENT_GRID_SECRET is not set: Event Grid webhooks accept unauthenticated requests"
@@ -151,8 +130,14 @@ impl App {
             .map_err(|source| StartupError::Bind { addr, source })?;
         let settings = Arc::new(settings);
         let whatsapp = build_whatsapp(&settings, &stores, &http, agent.clone(), hooks).await?;
-        let voice = crate::voice::build(settings.clone(), &stores, http.clone(), agent.clone())
-            .map_err(StartupError::Voice)?;
+        let voice = crate::voice::build(
+            settings.clone(),
+            &stores,
+            http.clone(),
+            agent.clone(),
+            runtimes.voice.handle().clone(),
+        )
+        .map_err(StartupError::Voice)?;
         let handoff = Arc::new(HandoffService::new(
             stores.handoffs.clone(),
             stores.contexts.clone(),
@@ -188,7 +173,7 @@ impl App {
             listener,
             workers: TaskTracker::new(),
             cancel: CancellationToken::new(),
-            work: WorkRuntime::new().map_err(StartupError::Runtime)?,
+            runtimes,
         };
         Ok(app)
     }
@@ -203,9 +188,9 @@ impl App {
         &self.state
     }
 
-    /// Where the WhatsApp inbox's work runs (see [`WorkRuntime`]).
-    pub(crate) fn work_runtime(&self) -> &tokio::runtime::Handle {
-        self.work.handle()
+    /// Where the WhatsApp inbox's work runs (`crate::runtime`).
+    pub(crate) fn whatsapp_runtime(&self) -> &tokio::runtime::Handle {
+        self.runtimes.whatsapp.handle()
     }
 
     /// Starts a long-running worker that runs until the app shuts down. The future receives a

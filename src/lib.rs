@@ -6,6 +6,7 @@
 //! - [`store`]: storage ports and adapters (embedded redb, Cosmos DB, Redis).
 //! - [`http`]: the routers; handlers only translate.
 //! - [`app`]: wiring, workers, graceful shutdown.
+//! - [`runtime`]: the runtimes conversations run on, apart from the sockets.
 //! - [`telemetry`]: logging set-up.
 //! - [`whatsapp`]: inbox, worker, send planner, ACS and sandbox providers.
 //! - [`bench`]: `handoff bench`, the load and performance harness.
@@ -21,6 +22,7 @@ pub mod eventgrid;
 pub mod handoff;
 pub mod http;
 pub mod identity;
+pub mod runtime;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;

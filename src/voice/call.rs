@@ -194,12 +194,25 @@ pub async fn run_call(
         }
     });
 
-    let driver = Driver::new(service.clone(), record, call_id.clone(), output, ws_tx);
-    driver
-        .run(frame_rx, &mut attachment.events)
-        .instrument(span)
-        .await;
-    drop(attachment);
+    // The conversation runs on the voice runtime, apart from the sockets' audio (see
+    // `crate::runtime`); this task only waits for it.
+    let conversation = {
+        let service = service.clone();
+        let call_id = call_id.clone();
+        async move {
+            Driver::new(service, record, call_id, output, ws_tx)
+                .run(frame_rx, &mut attachment.events)
+                .instrument(span)
+                .await;
+        }
+    };
+    match service.turns.spawn(conversation).await {
+        Err(err) if err.is_panic() => {
+            tracing::error!(call_connection_id = %call_id, error = %err, "call session panicked");
+        }
+        // The runtime is shutting down with the app.
+        Err(_) | Ok(()) => {}
+    }
     reader.abort();
     let _ = writer.await;
     stats.session_ended();

@@ -82,6 +82,9 @@ pub struct VoiceService {
     /// The agent's tools (wait time, collected data, the handoff saga); set once at start-up,
     /// after the saga that needs this service's provider exists.
     pub tools: std::sync::OnceLock<crate::handoff::tools::ToolServices>,
+    /// Where each call's conversation runs: a runtime of its own, apart from the media
+    /// sockets' audio (`crate::runtime`).
+    pub turns: tokio::runtime::Handle,
 }
 
 /// A public base URL as a WebSocket base: `wss` for `https`, `ws` for `http`.
@@ -128,6 +131,7 @@ pub fn build(
     stores: &crate::store::Stores,
     http: reqwest::Client,
     agent: Arc<dyn Agent>,
+    turns: tokio::runtime::Handle,
 ) -> Result<Arc<VoiceService>, String> {
     let (provider, sandbox): (Arc<dyn VoiceProvider>, _) = match &settings.acs {
         Some(acs) => {
@@ -173,6 +177,7 @@ pub fn build(
         sandbox,
         speech: std::sync::Mutex::new(call::SpeechOutput::Play),
         tools: std::sync::OnceLock::new(),
+        turns,
         settings,
     }))
 }

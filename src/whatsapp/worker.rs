@@ -131,7 +131,7 @@ impl Dispatcher {
 /// Starts the WhatsApp workers on `app`.
 pub fn spawn_workers(app: &crate::app::App, wa: Arc<WhatsApp>) {
     let w = wa.clone();
-    let work = app.work_runtime().clone();
+    let work = app.whatsapp_runtime().clone();
     app.spawn_worker("whatsapp-dispatcher", move |cancel| async move {
         let tasks = tokio_util::task::TaskTracker::new();
         loop {
