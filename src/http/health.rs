@@ -63,35 +63,20 @@ pub struct BackendStatus {
 
 /// Checks every backend; the plain function behind `/readyz`.
 pub async fn check_readiness(state: &AppState) -> Readiness {
-    let checks = state.stores.health.iter().map(|backend| async move {
-        let outcome = tokio::time::timeout(CHECK_DEADLINE, backend.check()).await;
-        let error = match outcome {
-            Ok(Ok(())) => None,
-            Ok(Err(err)) => Some(err.to_string()),
-            Err(_) => Some(format!("no answer within {CHECK_DEADLINE:?}")),
-        };
-        BackendStatus {
-            name: backend.name(),
-            ok: error.is_none(),
-            error,
-        }
-    });
-    let provider = async {
-        let outcome =
-            tokio::time::timeout(CHECK_DEADLINE, state.whatsapp.provider_readiness()).await;
-        let error = match outcome {
-            Ok(None) => return None,
-            Ok(Some(Ok(()))) => None,
-            Ok(Some(Err(reason))) => Some(reason),
-            Err(_) => Some(format!("no answer within {CHECK_DEADLINE:?}")),
-        };
-        Some(BackendStatus {
-            name: "whatsapp_provider",
-            ok: error.is_none(),
-            error,
+    let checks = state.stores.health.iter().map(|backend| {
+        optional_check(backend.name(), async move {
+            Some(backend.check().await.map_err(|err| err.to_string()))
         })
-    };
-    let (mut backends, provider) = futures::join!(futures::future::join_all(checks), provider);
+    });
+    let provider = optional_check("whatsapp_provider", state.whatsapp.provider_readiness());
+    let inbox = optional_check("inbox_log", async {
+        let checked = state.whatsapp.inbox_readiness().await;
+        checked.map(|result| result.map_err(|err| err.to_string()))
+    });
+    let (stores, provider, inbox) =
+        futures::join!(futures::future::join_all(checks), provider, inbox);
+    let mut backends: Vec<BackendStatus> = stores.into_iter().flatten().collect();
+    backends.extend(inbox);
     backends.extend(provider);
     let failing: Vec<_> = backends.iter().filter(|b| !b.ok).map(|b| b.name).collect();
     Readiness {
@@ -104,6 +89,24 @@ pub async fn check_readiness(state: &AppState) -> Readiness {
         failing,
         voice: state.voice.stats.snapshot(),
     }
+}
+
+/// A check that may have nothing to report (`None`), bounded by the same deadline.
+async fn optional_check(
+    name: &'static str,
+    check: impl Future<Output = Option<Result<(), String>>>,
+) -> Option<BackendStatus> {
+    let error = match tokio::time::timeout(CHECK_DEADLINE, check).await {
+        Ok(None) => return None,
+        Ok(Some(Ok(()))) => None,
+        Ok(Some(Err(reason))) => Some(reason),
+        Err(_) => Some(format!("no answer within {CHECK_DEADLINE:?}")),
+    };
+    Some(BackendStatus {
+        name,
+        ok: error.is_none(),
+        error,
+    })
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

@@ -358,7 +358,17 @@ impl Driver {
         while !self.conversation.ended() {
             // What the caller said or keyed is handled as of when it arrived, so that a turn's
             // timings include its wait in the socket reader's queue.
+            // Biased, in this order: what Call Automation already reported (a play started or
+            // completed) and the session's own progress are applied before a caller's frame
+            // waiting at the same moment. They arrive on different connections; a random pick
+            // could take a sentence the caller heard to the end for one cut by a barge-in.
             let (input, at) = tokio::select! {
+                biased;
+                Some(event) = events.recv() => match event_input(&event) {
+                    Some(input) => (input, Instant::now()),
+                    None => continue,
+                },
+                Some(input) = self.internal_rx.recv() => (input, Instant::now()),
                 frame = frames.recv(), if frames_open => match frame {
                     Some((frame, received)) => match self.frame_input(frame, barge_in) {
                         Some(input) => (input, received),
@@ -366,11 +376,6 @@ impl Driver {
                     },
                     None => { frames_open = false; (Input::Disconnected, Instant::now()) }
                 },
-                Some(event) = events.recv() => match event_input(&event) {
-                    Some(input) => (input, Instant::now()),
-                    None => continue,
-                },
-                Some(input) = self.internal_rx.recv() => (input, Instant::now()),
                 () = sleep_until(self.silence_deadline) => { self.silence_deadline = None; (Input::SilenceTimeout, Instant::now()) }
                 () = sleep_until(self.closing_deadline) => {
                     tracing::warn!(call_connection_id = %self.call_id, "closing play did not finish; hanging up");

@@ -506,6 +506,11 @@ impl WhatsApp {
         self.sender.readiness().await
     }
 
+    /// The inbox's part of readiness beyond its store's (embedded: its log takes a write).
+    pub async fn inbox_readiness(&self) -> Option<Result<(), StoreError>> {
+        self.inbox.check().await
+    }
+
     /// How many inbox entries are recorded and not yet handled, counting up to `limit`.
     pub async fn backlog(&self, limit: usize) -> Result<usize, StoreError> {
         Ok(self.inbox.pending(limit).await?.len())

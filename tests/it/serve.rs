@@ -47,6 +47,8 @@ async fn the_binary_serves_health_and_readiness_with_no_configuration() {
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["backends"][0]["name"], "embedded");
+    assert_eq!(body["backends"][1]["name"], "inbox_log");
+    assert_eq!(body["backends"][1]["ok"], true);
     assert!(
         dir.path().join("data/handoff.redb").exists(),
         "default data dir is ./data"

@@ -790,6 +790,23 @@ impl Inbox for EmbeddedInbox {
             .map_err(|_| StoreError::unavailable(BACKEND, "the inbox write did not complete"))?
     }
 
+    /// A round trip through the log: an empty completion record written and synced, so a
+    /// replica whose log cannot take writes (a full or failing disk, a log cut back in vain)
+    /// is taken out of rotation instead of answering every delivery 503.
+    async fn check(&self) -> Option<Result<(), StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        let logged = match self.send(Op::Complete(Vec::new(), tx)) {
+            Ok(()) => rx.await.unwrap_or_else(|_| {
+                Err(StoreError::unavailable(
+                    BACKEND,
+                    "the inbox log thread stopped",
+                ))
+            }),
+            Err(err) => Err(err),
+        };
+        Some(logged)
+    }
+
     async fn purge_expired(&self) -> Result<usize, StoreError> {
         let now = now_millis();
         self.shared
@@ -986,6 +1003,24 @@ mod tests {
         drop(inbox);
         let inbox = open(dir.path(), NEVER).await;
         assert_eq!(inbox.pending(1000).await.unwrap(), left);
+    }
+
+    #[tokio::test]
+    async fn a_broken_log_refuses_appends_and_fails_readiness_until_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = open(dir.path(), NEVER).await;
+        fresh(&inbox, "a").await;
+        assert!(matches!(inbox.check().await, Some(Ok(()))));
+        // What a failed write that could not be cut back leaves (`AppendError::Broken`).
+        lock(&inbox.shared.state).broken = Some("disk full".into());
+        let err = inbox.append(vec![entry("b", "p")]).await.unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        assert!(matches!(inbox.check().await, Some(Err(_))));
+        drop(inbox);
+        let inbox = open(dir.path(), NEVER).await;
+        assert!(matches!(inbox.check().await, Some(Ok(()))));
+        assert_eq!(ids(&inbox.pending(10).await.unwrap()), vec!["a"]);
+        fresh(&inbox, "b").await;
     }
 
     #[tokio::test]

@@ -86,6 +86,10 @@ pub trait Inbox: Send + Sync + 'static {
     async fn purge_expired(&self) -> Result<usize, StoreError> {
         Ok(0)
     }
+    /// Readiness of what this inbox keeps apart from the store's own check (`None`: nothing).
+    async fn check(&self) -> Option<Result<(), StoreError>> {
+        None
+    }
 }
 
 const BACKEND: &str = "embedded";
