@@ -34,9 +34,21 @@ use crate::store::redis::{RedisClaims, RedisPool};
 use crate::store::{ClaimStore, ContextStore, Contexts, HealthCheck, StoreError, Stores};
 use crate::whatsapp::{WhatsApp, WhatsAppPorts};
 
-/// What every handler and worker can reach. Cheap to clone.
+/// What every handler and worker can reach: one shared [`Services`], so the clone axum makes
+/// for every request is one reference count (a field-by-field clone showed up in the
+/// acknowledgement path's profile: the stores' list of health checks alone allocates).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
     pub settings: Arc<Settings>,
     pub stores: Stores,
     /// One pooled HTTP client for every outbound call (ACS, Meta, OpenAI, media downloads).
@@ -159,7 +171,7 @@ impl App {
         };
         let _ = voice.tools.set(tools.clone());
         whatsapp.set_tools(tools);
-        let state = AppState {
+        let state = AppState(Arc::new(Services {
             settings,
             stores,
             http,
@@ -167,7 +179,7 @@ impl App {
             whatsapp,
             voice,
             handoff,
-        };
+        }));
         let app = Self {
             state,
             listener,

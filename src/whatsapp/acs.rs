@@ -180,8 +180,7 @@ pub fn parse_event(event: &GridEvent) -> Result<AcsEvent, EventError> {
 }
 
 fn parse_received(event: &GridEvent) -> Result<InboundMessage, EventError> {
-    let d: ReceivedData =
-        serde_json::from_value(event.data.clone()).map_err(|e| EventError::Shape(e.to_string()))?;
+    let d = ReceivedData::deserialize(&event.data).map_err(|e| EventError::Shape(e.to_string()))?;
     let from = non_empty(d.from);
     let bsuid = non_empty(d.from_bsuid);
     let customer = customer(from.as_deref(), bsuid.as_deref())?;
@@ -255,8 +254,7 @@ fn parse_received(event: &GridEvent) -> Result<InboundMessage, EventError> {
 }
 
 fn parse_status(event: &GridEvent) -> Result<Option<StatusUpdate>, EventError> {
-    let d: StatusData =
-        serde_json::from_value(event.data.clone()).map_err(|e| EventError::Shape(e.to_string()))?;
+    let d = StatusData::deserialize(&event.data).map_err(|e| EventError::Shape(e.to_string()))?;
     let message_id = non_empty(d.message_id).ok_or(EventError::NoMessageId)?;
     let Some(status) = d.status.as_deref().and_then(DeliveryStatus::parse) else {
         return Ok(None);
