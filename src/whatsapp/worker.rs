@@ -27,6 +27,8 @@ use crate::store::inbox::{EntryKey, InboxEntry, InboxEvent, NewEntry};
 
 /// How often pending entries are swept (and at start-up).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a completed entry is remembered: longer than a sweep's read can be in flight.
+const COMPLETED_MEMORY: Duration = SWEEP_INTERVAL.saturating_mul(3);
 /// A burst is collected for at most this many waits.
 const MAX_BURST_ROUNDS: u32 = 4;
 /// Attempts at one entry before it is left for the sweep.
@@ -62,6 +64,11 @@ struct DispatchState {
     known: HashSet<String>,
     /// Completed recently: a sweep that read before the completion must not re-dispatch them.
     completed: HashMap<String, Instant>,
+    /// The same completions in the order they happened, so that forgetting the old ones costs
+    /// only what is forgotten. (A `retain` over the whole map on every completion scanned
+    /// 15 s of completions under the lock that acknowledgements take to submit: 6% of the
+    /// process's CPU in the ingest bench.)
+    completed_order: VecDeque<(Instant, String)>,
     /// Queues of the partitions a task is working on.
     active: HashMap<String, VecDeque<InboxEntry>>,
     /// Partitions that need a task.
@@ -114,9 +121,17 @@ impl Dispatcher {
         for id in ids {
             s.known.remove(*id);
             s.completed.insert((*id).to_owned(), now);
+            s.completed_order.push_back((now, (*id).to_owned()));
         }
-        s.completed
-            .retain(|_, at| now.duration_since(*at) < SWEEP_INTERVAL * 3);
+        while let Some((at, _)) = s.completed_order.front()
+            && now.duration_since(*at) >= COMPLETED_MEMORY
+        {
+            let (at, id) = s.completed_order.pop_front().expect("front exists");
+            // Completed again since (a re-dispatch after a sweep): the later time stands.
+            if s.completed.get(&id) == Some(&at) {
+                s.completed.remove(&id);
+            }
+        }
     }
 
     /// Forgets entries that failed, so the sweep picks them up again.
@@ -843,5 +858,36 @@ mod dispatcher_tests {
         d.submit(entry("b", 7));
         let again: Vec<String> = d.take("+14255550123").into_iter().map(|e| e.id).collect();
         assert_eq!(again, ["b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn completions_are_forgotten_after_a_while_oldest_first() {
+        let d = Dispatcher::default();
+        for id in ["a", "b"] {
+            d.submit(entry(id, 1));
+        }
+        d.take("+14255550123");
+        d.done(&["a"]);
+        tokio::time::advance(COMPLETED_MEMORY / 2).await;
+        d.done(&["b"]);
+        tokio::time::advance(COMPLETED_MEMORY / 2).await;
+        // The next completion forgets "a" (its time is up) and keeps "b".
+        d.submit(entry("c", 2));
+        d.take("+14255550123");
+        d.done(&["c"]);
+        {
+            let s = d.inner.lock().unwrap();
+            let remembered: HashSet<&str> = s.completed.keys().map(String::as_str).collect();
+            assert_eq!(remembered, HashSet::from(["b", "c"]));
+            assert_eq!(s.completed_order.len(), 2);
+        }
+        d.submit(entry("a", 1));
+        d.submit(entry("b", 1));
+        let ids: Vec<String> = d.take("+14255550123").into_iter().map(|e| e.id).collect();
+        assert_eq!(
+            ids,
+            ["a"],
+            "a forgotten completion may be dispatched again; a recent one not"
+        );
     }
 }
