@@ -7,8 +7,9 @@
 //! deliveries created. Each kind of conversation work therefore runs on a runtime of its own,
 //! whose threads sleep most of the time; the kernel gives a thread that wakes from sleep the
 //! CPU ahead of threads that have been busy, which is the priority the work needs.
-//! Measured in docs/performance.md (sixth session): 1,000 calls' engine turn p99 29 → 11–17
-//! ms; ingest with the worker running 7.0–7.6k → 9.5–12k deliveries/s (with the inbox log).
+//! Measured in docs/performance.md (sixth session): at 1,000 calls the engine turn's p50
+//! fell from 1.1–2.4 ms to 0.7–1.3 ms and its p99 was lower in five of six alternating pairs
+//! (7–30 ms before, 9–17 ms after).
 
 /// A multi-threaded tokio runtime owned by the app, one thread per core.
 pub struct WorkRuntime(Option<tokio::runtime::Runtime>);
