@@ -612,3 +612,75 @@ async fn a_reply_failed_with_131047_falls_back_to_the_reengagement_template() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(count(&messages(&app, CUSTOMER).await, "outbound"), 2);
 }
+
+/// The embedded inbox's log across a restart: what was acknowledged is handled exactly once by
+/// the next process on the same data directory, and its dedupe keys, replayed from the log
+/// (the first process stops long before its first checkpoint), still make redeliveries
+/// duplicates.
+#[tokio::test]
+async fn whatsapp_acknowledged_deliveries_survive_a_restart_and_are_handled_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = || {
+        let mut s = Settings::embedded(dir.path());
+        s.host = "127.0.0.1".parse().unwrap();
+        s.port = 0;
+        quick(&mut s);
+        s
+    };
+    let batch: Vec<Value> = (0..20)
+        .map(|i| {
+            text(
+                &format!("r-e{i}"),
+                &format!("r-m{i}"),
+                &format!("message {i}"),
+            )
+        })
+        .collect();
+    let app = TestApp::start(settings()).await;
+    for event in &batch {
+        assert_eq!(deliver(&app, &json!([event])).await.status(), 200);
+    }
+    app.stop().await;
+
+    let app = TestApp::start(settings()).await;
+    assert_eq!(deliver(&app, &json!([batch[0]])).await.status(), 200);
+    for event in &batch {
+        let body = serde_json::to_vec(&json!([event])).unwrap();
+        let ingested = app.state.whatsapp.ingest(&body).await.unwrap();
+        assert_eq!(
+            ingested,
+            handoff::whatsapp::Ingested::Events {
+                fresh: 0,
+                duplicate: 1,
+                ignored: 0
+            },
+            "a redelivery after the restart"
+        );
+    }
+    deliver(&app, &json!([text("r-e-last", "r-m-last", "the last one")])).await;
+    let m = eventually(&app, CUSTOMER, "every message recorded", |m| {
+        count(m, "inbound") >= 21
+    })
+    .await;
+    assert_eq!(count(&m, "inbound"), 21, "{m:#?}");
+    let customer = CustomerId::parse(CUSTOMER).unwrap();
+    let ctx = app
+        .state
+        .stores
+        .contexts
+        .get(&customer)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut sources: Vec<&str> = ctx
+        .transcript
+        .iter()
+        .filter(|t| t.role == handoff::domain::Role::Customer)
+        .filter_map(|t| t.source_id.as_deref())
+        .collect();
+    assert_eq!(sources.len(), 21, "each message is one turn: {sources:?}");
+    sources.sort_unstable();
+    sources.dedup();
+    assert_eq!(sources.len(), 21);
+    app.stop().await;
+}
