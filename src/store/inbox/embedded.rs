@@ -299,10 +299,10 @@ fn apply_replayed(delta: &mut Delta, record: &[u8]) -> Option<()> {
         TAG_APPEND => {
             let seq = r.u64()?;
             let expires = r.u64()?;
-            let count = r.u16()?;
+            let count = r.u32()?;
             let mut keys = Vec::with_capacity(count as usize);
             for _ in 0..count {
-                let len = r.u16()? as usize;
+                let len = r.u32()? as usize;
                 keys.push(std::str::from_utf8(r.take(len)?).ok()?.to_owned());
             }
             // A record repeated after a write that failed but reached the disk anyway.
@@ -335,9 +335,6 @@ impl<'a> Reader<'a> {
     }
     fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
     }
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
@@ -581,9 +578,11 @@ impl LogWriter {
                 b.push(TAG_APPEND);
                 b.extend_from_slice(&seq.to_le_bytes());
                 b.extend_from_slice(&expires.to_le_bytes());
-                b.extend_from_slice(&(dedupe_keys.len() as u16).to_le_bytes());
+                // u32 lengths: keys come from outside (a provider's message id), and only the
+                // webhook's body limit bounds them.
+                b.extend_from_slice(&(dedupe_keys.len() as u32).to_le_bytes());
                 for key in &dedupe_keys {
-                    b.extend_from_slice(&(key.len() as u16).to_le_bytes());
+                    b.extend_from_slice(&(key.len() as u32).to_le_bytes());
                     b.extend_from_slice(key.as_bytes());
                 }
                 b.extend_from_slice(&bytes);
@@ -1003,6 +1002,23 @@ mod tests {
         drop(inbox);
         let inbox = open(dir.path(), NEVER).await;
         assert_eq!(inbox.pending(1000).await.unwrap(), left);
+    }
+
+    #[tokio::test]
+    async fn a_key_longer_than_64_kib_is_logged_and_replayed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = open(dir.path(), NEVER).await;
+        let long = format!("msg:{}", "x".repeat(70_000));
+        fresh(&inbox, &long).await;
+        fresh(&inbox, "after").await;
+        drop(inbox);
+        let inbox = open(dir.path(), NEVER).await;
+        assert_eq!(
+            ids(&inbox.pending(10).await.unwrap()),
+            vec![long.as_str(), "after"]
+        );
+        let again = inbox.append(vec![entry(&long, "p")]).await.unwrap();
+        assert_eq!(again, vec![Appended::Duplicate]);
     }
 
     #[tokio::test]
