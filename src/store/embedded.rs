@@ -131,9 +131,10 @@ impl EmbeddedDb {
 
     /// Queues `job` for the next group-commit transaction without waiting: the writer runs it
     /// inside the transaction and calls the completion it returns once the batch is committed.
-    /// For adapters that coalesce many callers into one job and answer each from the
-    /// completion (so a caller that goes away cannot lose the others' answers). A job that
-    /// panics completes nothing: its callers see their answer channels closed.
+    /// For work no caller waits on (the inbox log's checkpoints), or one job answering many
+    /// callers from its completion, so that a caller that goes away cannot lose the others'
+    /// answers. A job that panics completes nothing: its callers see their answer channels
+    /// closed.
     pub(crate) fn submit(
         &self,
         job: impl FnOnce(&WriteTransaction) -> Completion + Send + 'static,

@@ -275,14 +275,7 @@ async fn the_whole_story_from_yes_on_the_phone_to_the_answer_on_whatsapp() {
     );
     // The sandbox reports sent and delivered through the same status path as ACS.
     handoff_of(&app, "delivered", |h| h.reached(Milestone::Delivered)).await;
-    let ctx = app
-        .state
-        .stores
-        .contexts
-        .get(&customer)
-        .await
-        .unwrap()
-        .unwrap();
+    let ctx = app.context(&customer).await;
     assert!(
         ctx.consents
             .iter()

@@ -244,14 +244,7 @@ async fn meta_batch_of_two_entries_is_recorded_in_order_like_acs_and_redelivery_
     );
 
     let customer = CustomerId::parse(CUSTOMER).unwrap();
-    let ctx = app
-        .state
-        .stores
-        .contexts
-        .get(&customer)
-        .await
-        .unwrap()
-        .unwrap();
+    let ctx = app.context(&customer).await;
     let session = ctx.whatsapp.as_ref().unwrap();
     assert_eq!(session.business_number.as_deref(), Some(PHONE_NUMBER_ID));
     assert_eq!(session.wa_id.as_deref(), Some(WA_ID));
@@ -349,14 +342,7 @@ async fn meta_statuses_out_of_order_and_duplicated_end_as_read_and_131047_closes
     );
 
     let customer = CustomerId::parse(CUSTOMER).unwrap();
-    let ctx = app
-        .state
-        .stores
-        .contexts
-        .get(&customer)
-        .await
-        .unwrap()
-        .unwrap();
+    let ctx = app.context(&customer).await;
     let lines: Vec<&str> = ctx.transcript.iter().map(|t| t.text.as_str()).collect();
     assert!(lines.contains(&"[reaction removed]"), "{lines:?}");
 
@@ -681,14 +667,7 @@ fn media_msg(id: &str, kind: &str, media_id: &str, mime: &str, extra: Value) -> 
 }
 
 async fn context(app: &TestApp) -> handoff::domain::CustomerContext {
-    let customer = CustomerId::parse(CUSTOMER).unwrap();
-    app.state
-        .stores
-        .contexts
-        .get(&customer)
-        .await
-        .unwrap()
-        .unwrap()
+    app.context(&CustomerId::parse(CUSTOMER).unwrap()).await
 }
 
 /// Inbound media over Meta: every kind is resolved (`GET /{version}/{media-id}`) and downloaded

@@ -161,14 +161,7 @@ async fn whatsapp_batch_is_recorded_in_order_answered_once_and_redelivery_has_no
     assert_eq!(count(&m, "outbound"), 1, "a burst is answered once: {m:#?}");
 
     let customer = CustomerId::parse(CUSTOMER).unwrap();
-    let ctx = app
-        .state
-        .stores
-        .contexts
-        .get(&customer)
-        .await
-        .unwrap()
-        .unwrap();
+    let ctx = app.context(&customer).await;
     let session = ctx.whatsapp.as_ref().unwrap();
     assert_eq!(session.business_number.as_deref(), Some(CHANNEL));
     assert_eq!(session.wa_id.as_deref(), Some("14254360097"));
@@ -191,14 +184,7 @@ async fn whatsapp_batch_is_recorded_in_order_answered_once_and_redelivery_has_no
     .await;
     assert_eq!(count(&m, "inbound"), 5, "{m:#?}");
     assert_eq!(count(&m, "outbound"), 2, "{m:#?}");
-    let ctx = app
-        .state
-        .stores
-        .contexts
-        .get(&customer)
-        .await
-        .unwrap()
-        .unwrap();
+    let ctx = app.context(&customer).await;
     let customer_turns = ctx
         .transcript
         .iter()
@@ -664,14 +650,7 @@ async fn whatsapp_acknowledged_deliveries_survive_a_restart_and_are_handled_once
     .await;
     assert_eq!(count(&m, "inbound"), 21, "{m:#?}");
     let customer = CustomerId::parse(CUSTOMER).unwrap();
-    let ctx = app
-        .state
-        .stores
-        .contexts
-        .get(&customer)
-        .await
-        .unwrap()
-        .unwrap();
+    let ctx = app.context(&customer).await;
     let mut sources: Vec<&str> = ctx
         .transcript
         .iter()

@@ -828,12 +828,12 @@ mod tests {
     use crate::store::inbox::InboxEvent;
     use redb::ReadableTableMetadata;
 
-    fn entry(key: &str, partition: &str) -> NewEntry {
+    fn entry(keys: &[&str], partition: &str) -> NewEntry {
         NewEntry {
-            dedupe_keys: vec![key.to_owned()],
+            dedupe_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             partition: partition.into(),
             event: InboxEvent::Status(StatusUpdate::new(
-                key,
+                keys[0],
                 DeliveryStatus::Sent,
                 chrono::Utc::now(),
             )),
@@ -854,10 +854,42 @@ mod tests {
     }
 
     async fn fresh(inbox: &EmbeddedInbox, key: &str) -> InboxEntry {
-        match inbox.append(vec![entry(key, "p")]).await.unwrap().remove(0) {
+        match inbox
+            .append(vec![entry(&[key], "p")])
+            .await
+            .unwrap()
+            .remove(0)
+        {
             Appended::Fresh(e) => *e,
             Appended::Duplicate => panic!("{key} was a duplicate"),
         }
+    }
+
+    /// `callers` appends at once, each key sent by two of them (the second a moment later);
+    /// how many were fresh.
+    async fn race_for_keys(inbox: &EmbeddedInbox, callers: usize) -> usize {
+        let tasks: Vec<_> = (0..callers)
+            .map(|i| {
+                let inbox = inbox.clone();
+                tokio::spawn(async move {
+                    if i % 2 == 1 {
+                        tokio::task::yield_now().await;
+                    }
+                    inbox
+                        .append(vec![entry(&[&format!("k{}", i / 2)], "p")])
+                        .await
+                })
+            })
+            .collect();
+        let mut fresh = 0;
+        for task in tasks {
+            let out = task.await.unwrap().unwrap();
+            fresh += out
+                .iter()
+                .filter(|a| matches!(a, Appended::Fresh(_)))
+                .count();
+        }
+        fresh
     }
 
     fn ids(entries: &[InboxEntry]) -> Vec<&str> {
@@ -876,6 +908,47 @@ mod tests {
             })
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_key_is_claimed_once_even_within_one_delivery_and_after_completion() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = open(dir.path(), Tuning::default()).await;
+        let out = inbox
+            .append(vec![
+                entry(&["eg:1", "msg:a"], "p1"),
+                entry(&["eg:2", "msg:a"], "p1"),
+                entry(&["eg:3"], "p2"),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(out[0], Appended::Fresh(_)));
+        assert_eq!(out[1], Appended::Duplicate);
+        assert!(matches!(out[2], Appended::Fresh(_)));
+
+        let pending = inbox.pending(10).await.unwrap();
+        assert_eq!(pending.len(), 2);
+        assert!(pending[0].seq < pending[1].seq);
+        inbox.complete(vec![pending[0].key()]).await.unwrap();
+        assert_eq!(inbox.pending(10).await.unwrap().len(), 1);
+
+        // A redelivery after completion is still a duplicate (the key outlives the entry).
+        let again = inbox.append(vec![entry(&["eg:1"], "p1")]).await.unwrap();
+        assert_eq!(again, vec![Appended::Duplicate]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_log_batches_and_each_key_is_fresh_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = open(dir.path(), Tuning::default()).await;
+        // 200 callers at once, every key sent by two of them: exactly one of each pair wins,
+        // whichever log batch carries it.
+        assert_eq!(race_for_keys(&inbox, 200).await, 100);
+        let pending = inbox.pending(1000).await.unwrap();
+        assert_eq!(pending.len(), 100);
+        let mut seqs: Vec<u64> = pending.iter().map(|e| e.seq).collect();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 100, "sequence numbers are unique");
     }
 
     #[tokio::test]
@@ -900,7 +973,7 @@ mod tests {
             "replay is checkpointed at once"
         );
         for key in ["a", "b", "c"] {
-            let again = inbox.append(vec![entry(key, "p")]).await.unwrap();
+            let again = inbox.append(vec![entry(&[key], "p")]).await.unwrap();
             assert_eq!(again, vec![Appended::Duplicate], "{key}");
         }
         let d = fresh(&inbox, "d").await;
@@ -954,7 +1027,7 @@ mod tests {
         drop(inbox);
         let inbox = open(dir.path(), NEVER).await;
         assert_eq!(
-            inbox.append(vec![entry("a", "p")]).await.unwrap(),
+            inbox.append(vec![entry(&["a"], "p")]).await.unwrap(),
             vec![Appended::Duplicate]
         );
         assert_eq!(ids(&inbox.pending(10).await.unwrap()), vec!["b"]);
@@ -971,26 +1044,7 @@ mod tests {
         let inbox = open(dir.path(), tuning).await;
         // 400 callers, every key sent by two of them, while checkpoints come and go: exactly
         // one of each pair wins, whether the other meets its key in memory or in redb.
-        let tasks: Vec<_> = (0..400)
-            .map(|i| {
-                let inbox = inbox.clone();
-                tokio::spawn(async move {
-                    if i % 2 == 1 {
-                        tokio::task::yield_now().await;
-                    }
-                    inbox.append(vec![entry(&format!("k{}", i / 2), "p")]).await
-                })
-            })
-            .collect();
-        let mut won = 0;
-        for task in tasks {
-            let out = task.await.unwrap().unwrap();
-            won += out
-                .iter()
-                .filter(|a| matches!(a, Appended::Fresh(_)))
-                .count();
-        }
-        assert_eq!(won, 200);
+        assert_eq!(race_for_keys(&inbox, 400).await, 200);
         let pending = inbox.pending(1000).await.unwrap();
         assert_eq!(pending.len(), 200);
         // Complete half, restart, and the other half is what is left.
@@ -1017,7 +1071,7 @@ mod tests {
             ids(&inbox.pending(10).await.unwrap()),
             vec![long.as_str(), "after"]
         );
-        let again = inbox.append(vec![entry(&long, "p")]).await.unwrap();
+        let again = inbox.append(vec![entry(&[&long], "p")]).await.unwrap();
         assert_eq!(again, vec![Appended::Duplicate]);
     }
 
@@ -1029,7 +1083,7 @@ mod tests {
         assert!(matches!(inbox.check().await, Some(Ok(()))));
         // What a failed write that could not be cut back leaves (`AppendError::Broken`).
         lock(&inbox.shared.state).broken = Some("disk full".into());
-        let err = inbox.append(vec![entry("b", "p")]).await.unwrap_err();
+        let err = inbox.append(vec![entry(&["b"], "p")]).await.unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
         assert!(matches!(inbox.check().await, Some(Err(_))));
         drop(inbox);

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use handoff::app::{App, AppState, Hooks};
 use handoff::config::Settings;
+use handoff::domain::{CustomerContext, CustomerId};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -78,6 +79,17 @@ impl TestApp {
             server: Some(server),
             _data_dir: None,
         }
+    }
+
+    /// The customer's stored context (panics when there is none).
+    pub async fn context(&self, customer: &CustomerId) -> CustomerContext {
+        self.state
+            .stores
+            .contexts
+            .get(customer)
+            .await
+            .expect("the context store answers")
+            .expect("the customer has a context")
     }
 
     pub fn url(&self, path: &str) -> String {
