@@ -55,7 +55,12 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.jobs.take();
         if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+            // A completion running on the writer thread must not hold the last handle (the
+            // inbox log sends its checkpoint outcomes back for that reason); if one ever does,
+            // the writer ends by itself after this batch instead of joining itself.
+            if writer.thread().id() != std::thread::current().id() {
+                let _ = writer.join();
+            }
         }
     }
 }

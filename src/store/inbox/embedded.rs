@@ -238,6 +238,8 @@ impl EmbeddedInbox {
                     tuning,
                     last_checkpoint: Instant::now(),
                     buf: Vec::with_capacity(1 << 16),
+                    checkpointed: mpsc::channel(),
+                    checkpoint_in_flight: false,
                 }
                 .run(&rx);
             })
@@ -394,12 +396,28 @@ struct LogWriter {
     tuning: Tuning,
     last_checkpoint: Instant,
     buf: Vec<u8>,
+    /// Checkpoint outcomes, sent by their completions on redb's writer thread and applied
+    /// here: a completion holding the inbox itself could drop the last handle on the store
+    /// on the writer thread, whose drop joins that very thread.
+    checkpointed: (CheckpointDone, mpsc::Receiver<CheckpointOutcome>),
+    checkpoint_in_flight: bool,
 }
+
+type CheckpointOutcome = (Result<(), StoreError>, Position);
+type CheckpointDone = mpsc::Sender<CheckpointOutcome>;
+
+/// While a checkpoint is in flight, how often the idle log thread looks for its outcome.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(5);
 
 impl LogWriter {
     fn run(mut self, ops: &mpsc::Receiver<Op>) {
         loop {
-            match ops.recv_timeout(self.tuning.checkpoint_every) {
+            let idle = if self.checkpoint_in_flight {
+                CHECKPOINT_POLL.min(self.tuning.checkpoint_every)
+            } else {
+                self.tuning.checkpoint_every
+            };
+            match ops.recv_timeout(idle) {
                 Ok(first) => {
                     let mut batch = Vec::with_capacity(64);
                     batch.push(first);
@@ -418,6 +436,10 @@ impl LogWriter {
                 && let Err(err) = self.segment.rotate()
             {
                 tracing::warn!(error = %err, "cannot start the next inbox log segment; the current one goes on");
+            }
+            while let Ok((result, from)) = self.checkpointed.1.try_recv() {
+                self.checkpoint_in_flight = false;
+                finish_checkpoint(&self.shared, result, from);
             }
             self.maybe_checkpoint();
         }
@@ -626,21 +648,19 @@ impl LogWriter {
             state.frozen = Some(frozen.clone());
             frozen
         };
-        // Weak: the completion runs on redb's writer thread, which must never drop the last
-        // handle on the store (dropping it joins that very thread). An inbox gone by then
-        // leaves its segments to the next start, which knows the checkpoint.
-        let shared = Arc::downgrade(&self.shared);
+        // The outcome comes back to this thread (see `checkpointed`). An inbox closed before
+        // it arrives leaves its segments to the next start, which knows the checkpoint.
+        let done = self.checkpointed.0.clone();
         let submitted = self.shared.db.submit(move |txn| {
             let written = write_checkpoint(txn, &frozen, from);
             drop(frozen);
             Box::new(move |committed: Result<(), StoreError>| {
-                if let Some(shared) = shared.upgrade() {
-                    finish_checkpoint(&shared, committed.and(written), from);
-                }
+                let _ = done.send((committed.and(written), from));
             })
         });
-        if let Err(err) = submitted {
-            finish_checkpoint(&self.shared, Err(err), from);
+        match submitted {
+            Ok(()) => self.checkpoint_in_flight = true,
+            Err(err) => finish_checkpoint(&self.shared, Err(err), from),
         }
     }
 }
