@@ -320,8 +320,14 @@ pub fn build_stores(settings: &Settings) -> Result<Stores, StoreError> {
         }
         None => (durable, durable_claims),
     };
+    // The embedded file is this process's alone (redb locks it), so what it wrote last is
+    // what is stored.
+    let contexts = match embedded {
+        Some(_) => Contexts::sole_writer(contexts, settings.context_memory_entries),
+        None => Contexts::new(contexts),
+    };
     Ok(Stores {
-        contexts: Contexts::new(contexts),
+        contexts,
         handoffs,
         claims,
         health,

@@ -232,6 +232,8 @@ pub struct Settings {
     /// Prefix of every Redis key, so several deployments can share one Redis.
     pub redis_key_prefix: String,
     pub context_cache_ttl: Duration,
+    /// With the embedded store, how many recently written contexts stay decoded in memory.
+    pub context_memory_entries: usize,
     /// How many transcript turns a context keeps before older ones fold into the summary.
     pub transcript_max_turns: usize,
     /// Upper bound on any one HTTP request's handling time.
@@ -289,6 +291,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     (
         "CONTEXT_CACHE_TTL_SECS",
         "how long Redis keeps a cached context (default 300)",
+    ),
+    (
+        "CONTEXT_MEMORY_ENTRIES",
+        "embedded store only: recently written contexts kept decoded in memory, so reads and changes skip the file (default 1024; 0 = off)",
     ),
     (
         "TRANSCRIPT_MAX_TURNS",
@@ -553,6 +559,7 @@ impl Settings {
                 .string("REDIS_KEY_PREFIX")
                 .unwrap_or_else(|| "handoff:".into()),
             context_cache_ttl: env.seconds("CONTEXT_CACHE_TTL_SECS", 300, 1)?,
+            context_memory_entries: env.parse_min("CONTEXT_MEMORY_ENTRIES", 1024, 0)?,
             transcript_max_turns: env.parse_min("TRANSCRIPT_MAX_TURNS", 200, 1)?,
             request_timeout: env.seconds("REQUEST_TIMEOUT_SECS", 25, 1)?,
             shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECS", 20, 0)?,

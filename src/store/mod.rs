@@ -21,6 +21,7 @@ pub mod handoffs;
 pub mod inbox;
 pub mod media;
 pub mod messages;
+pub mod recent;
 pub mod redis;
 
 use std::sync::Arc;
@@ -153,17 +154,6 @@ fn conflict_backoff(attempt: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=cap_ms))
 }
 
-/// Loads a context or an empty one (not stored) when the customer is unknown.
-pub async fn get_or_default(
-    store: &dyn ContextStore,
-    id: &CustomerId,
-) -> Result<CustomerContext, StoreError> {
-    Ok(store
-        .get(id)
-        .await?
-        .unwrap_or_else(|| CustomerContext::new(id.clone(), Utc::now())))
-}
-
 /// Number of lock stripes: enough that unrelated keys rarely share one.
 const STRIPES: usize = 256;
 
@@ -198,6 +188,8 @@ impl Stripes {
 pub struct Contexts {
     store: Arc<dyn ContextStore>,
     stripes: Stripes,
+    /// The contexts this process wrote last, when it is the store's only writer.
+    recent: Option<Arc<recent::Recent>>,
 }
 
 impl Contexts {
@@ -205,6 +197,18 @@ impl Contexts {
         Self {
             store,
             stripes: Stripes::default(),
+            recent: None,
+        }
+    }
+
+    /// For a store this process alone writes (the embedded one): the last `capacity` contexts
+    /// written are kept decoded, and reads and changes start from them instead of the store.
+    /// See [`recent`]. Never for a store that other replicas write: a read would miss their
+    /// writes.
+    pub fn sole_writer(store: Arc<dyn ContextStore>, capacity: usize) -> Self {
+        Self {
+            recent: std::num::NonZeroUsize::new(capacity).map(|c| Arc::new(recent::Recent::new(c))),
+            ..Self::new(store)
         }
     }
 
@@ -213,17 +217,63 @@ impl Contexts {
     }
 
     pub async fn get(&self, id: &CustomerId) -> Result<Option<CustomerContext>, StoreError> {
+        if let Some(kept) = self.recent.as_ref().and_then(|r| r.get(id)) {
+            return Ok(Some(CustomerContext::clone(&kept)));
+        }
         self.store.get(id).await
     }
 
-    /// See [`update`]; concurrent updates of one customer from this replica take turns.
+    /// The customer's context, or a new one (not stored) when there is none yet.
+    pub async fn get_or_default(&self, id: &CustomerId) -> Result<CustomerContext, StoreError> {
+        Ok(self
+            .get(id)
+            .await?
+            .unwrap_or_else(|| CustomerContext::new(id.clone(), Utc::now())))
+    }
+
+    /// See [`update`]; concurrent updates of one customer from this replica take turns. With
+    /// [`Self::sole_writer`], the change starts from the kept copy; should the store disagree
+    /// (a conflict), it is forgotten and the change applied again to the stored document.
     pub async fn update<R>(
         &self,
         id: &CustomerId,
-        change: impl FnMut(&mut CustomerContext) -> R + Send,
+        mut change: impl FnMut(&mut CustomerContext) -> R + Send,
     ) -> Result<(CustomerContext, R), StoreError> {
         let _turn = self.stripes.lock(id.as_str()).await;
-        update(self.store.as_ref(), id, change).await
+        let Some(recent) = &self.recent else {
+            return update(self.store.as_ref(), id, change).await;
+        };
+        if let Some(kept) = recent.get(id) {
+            let mut ctx = CustomerContext::clone(&kept);
+            drop(kept);
+            let outcome = change(&mut ctx);
+            ctx.updated_at = Utc::now();
+            match self.store.replace(&ctx).await {
+                Ok(stored) => {
+                    recent.put(stored.clone());
+                    return Ok((stored, outcome));
+                }
+                Err(StoreError::Conflict | StoreError::NotFound) => {
+                    tracing::warn!("a kept context was older than the stored one; re-read");
+                    recent.forget(id);
+                }
+                Err(err) => {
+                    // Whether the write landed is unknown: the next change reads the store.
+                    recent.forget(id);
+                    return Err(err);
+                }
+            }
+        }
+        match update(self.store.as_ref(), id, change).await {
+            Ok((stored, outcome)) => {
+                recent.put(stored.clone());
+                Ok((stored, outcome))
+            }
+            Err(err) => {
+                recent.forget(id);
+                Err(err)
+            }
+        }
     }
 }
 

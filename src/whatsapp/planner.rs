@@ -110,7 +110,7 @@ impl SendPlanner {
 
     /// [`Self::route`] for a customer by id (their context is read).
     pub async fn route_for(&self, customer: &CustomerId) -> Result<Route, SendError> {
-        let ctx = crate::store::get_or_default(self.contexts.store(), customer).await?;
+        let ctx = self.contexts.get_or_default(customer).await?;
         Ok(self.route(&ctx))
     }
 
@@ -166,7 +166,7 @@ impl SendPlanner {
         message: OutboundMessage,
         initiation: Initiation,
     ) -> Result<SentMessage, SendError> {
-        let ctx = crate::store::get_or_default(self.contexts.store(), customer).await?;
+        let ctx = self.contexts.get_or_default(customer).await?;
         if initiation == Initiation::Business && ctx.opted_out {
             return Err(SendError::OptedOut);
         }
@@ -185,7 +185,7 @@ impl SendPlanner {
             .await;
         if waited && message.is_free_form() {
             // The wait may have crossed the window's end: check again, right before the call.
-            let fresh = crate::store::get_or_default(self.contexts.store(), customer).await?;
+            let fresh = self.contexts.get_or_default(customer).await?;
             if !self.window_is_open(&fresh) {
                 return Err(SendError::WindowClosed);
             }
