@@ -990,6 +990,7 @@ mod tests {
         assert!(s.redis_url.is_none());
         assert_eq!(s.log_format, LogFormat::Human);
         assert_eq!(s.context_cache_ttl, Duration::from_secs(300));
+        assert_eq!(s.context_memory_entries, 1024);
     }
 
     #[test]
@@ -1026,6 +1027,11 @@ mod tests {
             ("LOG_FORMAT", "xml", "`xml` is not `human` or `json`"),
             ("TRANSCRIPT_MAX_TURNS", "0", "must be at least 1"),
             ("CONTEXT_CACHE_TTL_SECS", "-3", "`-3` is not a whole number"),
+            (
+                "CONTEXT_MEMORY_ENTRIES",
+                "lots",
+                "`lots` is not a whole number",
+            ),
         ];
         for (var, value, problem) in cases {
             let err = from(&[(var, value)]).unwrap_err();

@@ -50,14 +50,6 @@ impl Recent {
     pub fn forget(&self, id: &CustomerId) {
         self.entries().pop(id);
     }
-
-    pub fn len(&self) -> usize {
-        self.entries().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -97,12 +89,44 @@ mod tests {
         }
     }
 
-    fn counted(dir: &tempfile::TempDir) -> Arc<Counted> {
-        Arc::new(Counted {
-            inner: EmbeddedStore::open(dir.path()).unwrap(),
-            reads: AtomicUsize::new(0),
-            failing: AtomicBool::new(false),
-        })
+    /// `Contexts` keeping `capacity` over a counted store, and one customer written once.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<Counted>,
+        contexts: Contexts,
+        id: CustomerId,
+    }
+
+    impl Fixture {
+        async fn new(capacity: usize) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Counted {
+                inner: EmbeddedStore::open(dir.path()).unwrap(),
+                reads: AtomicUsize::new(0),
+                failing: AtomicBool::new(false),
+            });
+            let contexts = Contexts::sole_writer(store.clone(), capacity);
+            let id = CustomerId::parse("+14155550101").unwrap();
+            contexts.update(&id, bump).await.unwrap();
+            Self {
+                _dir: dir,
+                store,
+                contexts,
+                id,
+            }
+        }
+
+        fn reads(&self) -> usize {
+            self.store.reads.load(Ordering::SeqCst)
+        }
+
+        async fn stored(&self) -> CustomerContext {
+            self.store.inner.get(&self.id).await.unwrap().unwrap()
+        }
+
+        async fn read(&self) -> CustomerContext {
+            self.contexts.get(&self.id).await.unwrap().unwrap()
+        }
     }
 
     fn count(ctx: &CustomerContext) -> u64 {
@@ -119,81 +143,57 @@ mod tests {
 
     #[tokio::test]
     async fn what_this_process_wrote_last_is_read_back_without_the_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = counted(&dir);
-        let contexts = Contexts::sole_writer(store.clone(), 16);
-        let id = CustomerId::parse("+14155550101").unwrap();
-        contexts.update(&id, bump).await.unwrap();
-        let reads = store.reads.load(Ordering::SeqCst);
+        let f = Fixture::new(16).await;
+        let reads = f.reads();
         for _ in 0..5 {
-            contexts.update(&id, bump).await.unwrap();
+            f.contexts.update(&f.id, bump).await.unwrap();
         }
-        let read = contexts.get(&id).await.unwrap().unwrap();
+        let read = f.read().await;
         assert_eq!(count(&read), 6);
-        assert_eq!(
-            store.reads.load(Ordering::SeqCst),
-            reads,
-            "no read reached the store"
-        );
+        assert_eq!(f.reads(), reads, "no read reached the store");
         // And the store holds the same document, version and all.
-        let stored = store.inner.get(&id).await.unwrap().unwrap();
+        let stored = f.stored().await;
         assert_eq!(count(&stored), 6);
         assert_eq!(stored.version, read.version);
     }
 
     #[tokio::test]
     async fn a_write_that_went_around_is_met_as_a_conflict_and_nothing_is_lost() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = counted(&dir);
-        let contexts = Contexts::sole_writer(store.clone(), 16);
-        let id = CustomerId::parse("+14155550102").unwrap();
-        contexts.update(&id, bump).await.unwrap();
+        let f = Fixture::new(16).await;
         // Someone writes the store directly, behind the kept copy's back.
-        let mut behind = store.inner.get(&id).await.unwrap().unwrap();
+        let mut behind = f.stored().await;
         bump(&mut behind);
-        store.inner.replace(&behind).await.unwrap();
-        let (after, ()) = contexts.update(&id, bump).await.unwrap();
+        f.store.inner.replace(&behind).await.unwrap();
+        let (after, ()) = f.contexts.update(&f.id, bump).await.unwrap();
         assert_eq!(
             count(&after),
             3,
             "the change was applied again to the stored document"
         );
-        assert_eq!(count(&store.inner.get(&id).await.unwrap().unwrap()), 3);
-        assert_eq!(count(&contexts.get(&id).await.unwrap().unwrap()), 3);
+        assert_eq!(count(&f.stored().await), 3);
+        assert_eq!(count(&f.read().await), 3);
     }
 
     #[tokio::test]
     async fn a_failed_write_forgets_the_kept_copy() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = counted(&dir);
-        let contexts = Contexts::sole_writer(store.clone(), 16);
-        let id = CustomerId::parse("+14155550103").unwrap();
-        contexts.update(&id, bump).await.unwrap();
-        store.failing.store(true, Ordering::SeqCst);
-        let failed = contexts.update(&id, bump).await;
+        let f = Fixture::new(16).await;
+        f.store.failing.store(true, Ordering::SeqCst);
+        let failed = f.contexts.update(&f.id, bump).await;
         assert!(matches!(failed, Err(StoreError::Unavailable { .. })));
-        store.failing.store(false, Ordering::SeqCst);
-        let reads = store.reads.load(Ordering::SeqCst);
-        assert_eq!(count(&contexts.get(&id).await.unwrap().unwrap()), 1);
-        assert_eq!(
-            store.reads.load(Ordering::SeqCst),
-            reads + 1,
-            "read from the store"
-        );
-        contexts.update(&id, bump).await.unwrap();
-        assert_eq!(count(&store.inner.get(&id).await.unwrap().unwrap()), 2);
+        f.store.failing.store(false, Ordering::SeqCst);
+        let reads = f.reads();
+        assert_eq!(count(&f.read().await), 1);
+        assert_eq!(f.reads(), reads + 1, "read from the store");
+        f.contexts.update(&f.id, bump).await.unwrap();
+        assert_eq!(count(&f.stored().await), 2);
     }
 
     #[tokio::test]
     async fn without_room_nothing_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = counted(&dir);
-        let contexts = Contexts::sole_writer(store.clone(), 0);
-        let id = CustomerId::parse("+14155550104").unwrap();
-        contexts.update(&id, bump).await.unwrap();
-        let reads = store.reads.load(Ordering::SeqCst);
-        assert_eq!(count(&contexts.get(&id).await.unwrap().unwrap()), 1);
-        assert_eq!(store.reads.load(Ordering::SeqCst), reads + 1);
+        let f = Fixture::new(0).await;
+        let reads = f.reads();
+        assert_eq!(count(&f.read().await), 1);
+        assert_eq!(f.reads(), reads + 1);
     }
 
     fn ctx(id: &str, version: &str) -> CustomerContext {
@@ -211,7 +211,7 @@ mod tests {
         recent.put(ctx("+14155550101", "1"));
         recent.put(ctx("+14155550101", "2"));
         recent.put(ctx("+14155550102", "1"));
-        assert_eq!(recent.len(), 2);
+        assert_eq!(recent.entries().len(), 2);
         assert_eq!(
             recent.get(&a).unwrap().version.as_ref().unwrap().as_str(),
             "2"
@@ -222,6 +222,6 @@ mod tests {
         assert!(recent.get(&a).is_some() && recent.get(&c).is_some());
         recent.forget(&a);
         assert!(recent.get(&a).is_none());
-        assert_eq!(recent.len(), 1);
+        assert_eq!(recent.entries().len(), 1);
     }
 }
