@@ -348,6 +348,9 @@ impl StatusUpdate {
     }
 }
 
+/// The kind of a [`MessageRecord::unsent`] record.
+const UNSENT_KIND: &str = "unknown";
+
 /// An entry of the message log: one message in either direction, without its body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageRecord {
@@ -398,6 +401,18 @@ impl MessageRecord {
             conversation: None,
             media: None,
         }
+    }
+
+    /// The record a status report makes when it arrives before its send was recorded: no
+    /// customer, kind unknown until the send merges in.
+    pub fn unsent(message_id: impl Into<String>, at: DateTime<Utc>) -> Self {
+        Self::new(message_id, None, Direction::Outbound, UNSENT_KIND, at)
+    }
+
+    /// Whether this can be a template we sent (a handoff's continuation is one): it is, or
+    /// its send is not recorded yet.
+    pub fn may_be_template(&self) -> bool {
+        self.kind == "template" || self.kind == UNSENT_KIND
     }
 
     /// Keeps the billing details a status report carries, whether or not its status moves the
@@ -476,6 +491,33 @@ impl MessageRecord {
 mod tests {
     use super::*;
     use DeliveryStatus::*;
+
+    #[test]
+    fn only_a_template_or_a_send_not_yet_recorded_may_be_a_template() {
+        let at = chrono::Utc::now();
+        let customer = CustomerId::parse_phone("+14255550123").unwrap();
+        let text = MessageRecord::new(
+            "m-1",
+            Some(customer.clone()),
+            Direction::Outbound,
+            "text",
+            at,
+        );
+        assert!(!text.may_be_template());
+        let mut early = MessageRecord::unsent("m-2", at);
+        assert!(early.may_be_template());
+        early.merge_send(MessageRecord::new(
+            "m-2",
+            Some(customer),
+            Direction::Outbound,
+            "text",
+            at,
+        ));
+        assert!(!early.may_be_template());
+        assert!(
+            MessageRecord::new("m-3", None, Direction::Outbound, "template", at).may_be_template()
+        );
+    }
 
     #[test]
     fn status_moves_only_forward_and_failed_is_terminal() {

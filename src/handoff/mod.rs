@@ -211,11 +211,7 @@ impl HandoffService {
         let handoff = self.handoffs.store().create(&handoff).await?;
         let id = handoff.id.clone();
         self.contexts
-            .update(customer, |ctx| {
-                if !ctx.handoff_ids.contains(&id.as_str().to_owned()) {
-                    ctx.handoff_ids.push(id.as_str().to_owned());
-                }
-            })
+            .update(customer, |ctx| list_handoff(ctx, &id))
             .await?;
         tracing::info!(handoff_id = %id, customer = %customer, "handoff offered");
         Ok(id)
@@ -293,6 +289,22 @@ impl HandoffService {
             return self.refuse(id, SendRefusal::OptedOut).await;
         }
         let handoff = if handoff.reached(Milestone::Summarised) {
+            // A retry after a failed context write (the step's below, or the offer's): the
+            // context must still name the handoff, since the WhatsApp worker looks for a
+            // handoff to resume only when it does, and carry the call's summary.
+            if !ctx.handoff_ids.iter().any(|h| h == id.as_str())
+                || (ctx.call_summary.is_none() && handoff.summary.is_some())
+            {
+                let summary = handoff.summary.clone();
+                self.contexts
+                    .update(&handoff.customer_id, |c| {
+                        if c.call_summary.is_none() {
+                            c.call_summary.clone_from(&summary);
+                        }
+                        list_handoff(c, id);
+                    })
+                    .await?;
+            }
             handoff
         } else {
             let summary = match self.summariser.summarise(&ctx).await {
@@ -322,7 +334,10 @@ impl HandoffService {
                 .await?;
             let for_ctx = stored.summary.clone();
             self.contexts
-                .update(&stored.customer_id, |c| c.call_summary = for_ctx.clone())
+                .update(&stored.customer_id, |c| {
+                    c.call_summary = for_ctx.clone();
+                    list_handoff(c, id);
+                })
                 .await?;
             stored
         };
@@ -509,11 +524,14 @@ impl HandoffService {
     }
 
     /// The customer wrote on WhatsApp: the handoff it continues becomes `Resumed`. Correlates by
-    /// the quick-reply payload (the handoff id) first, then by customer.
+    /// the quick-reply payload (the handoff id) first, then by customer. `named` are the
+    /// handoffs the customer's context names (`CustomerContext::handoff_ids`, listed before a
+    /// template is sent): when it names none, no handoff is looked up by customer.
     pub async fn on_customer_reply(
         &self,
         customer: &CustomerId,
         button_payload: Option<&str>,
+        named: &[String],
     ) -> Result<Option<HandoffId>, SagaError> {
         let by_payload = match button_payload.and_then(HandoffId::parse) {
             Some(id) => self.handoffs.store().get(&id).await?,
@@ -521,6 +539,7 @@ impl HandoffService {
         };
         let target = match by_payload {
             Some(h) => Some(h),
+            None if named.is_empty() => None,
             None => self
                 .handoffs
                 .store()
@@ -559,6 +578,13 @@ impl HandoffService {
             }
         }
         Ok(driven)
+    }
+}
+
+/// Names the handoff on the customer's context (once).
+fn list_handoff(ctx: &mut CustomerContext, id: &HandoffId) {
+    if !ctx.handoff_ids.iter().any(|h| h == id.as_str()) {
+        ctx.handoff_ids.push(id.as_str().to_owned());
     }
 }
 

@@ -360,13 +360,7 @@ impl MessageLog for CosmosMessageLog {
                 id: encode_id(&update.message_id),
                 customer_id: ORPHANS.to_owned(),
                 seq: now_micros(),
-                record: MessageRecord::new(
-                    update.message_id.clone(),
-                    None,
-                    crate::domain::Direction::Outbound,
-                    "unknown",
-                    update.at,
-                ),
+                record: MessageRecord::unsent(update.message_id.clone(), update.at),
                 etag: None,
             });
             let mut probe = update.clone();

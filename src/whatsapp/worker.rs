@@ -396,7 +396,7 @@ impl WhatsApp {
             .map(|(m, media)| m.content.transcript_text_for(media.as_ref()))
             .collect();
         let max_turns = self.settings.transcript_max_turns;
-        let (_, fresh) = self
+        let (ctx, fresh) = self
             .contexts
             .update(&customer, |ctx| {
                 messages
@@ -434,7 +434,11 @@ impl WhatsApp {
                     InboundContent::ButtonTap { payload, .. } => Some(payload.as_str()),
                     _ => None,
                 };
-                if let Err(err) = tools.handoff.on_customer_reply(&m.customer, payload).await {
+                if let Err(err) = tools
+                    .handoff
+                    .on_customer_reply(&m.customer, payload, &ctx.handoff_ids)
+                    .await
+                {
                     tracing::warn!(customer = %m.customer, error = %err, "cannot record the handoff as resumed");
                 }
             }
@@ -517,7 +521,9 @@ impl WhatsApp {
                 }),
                 _ => None,
             };
+            // A handoff's message is its continuation template.
             if let Some(delivery) = delivery
+                && record.may_be_template()
                 && let Some(h) = tools.handoff.by_message_id(customer, &message_id).await?
                 && let Err(err) = tools.handoff.on_delivery(&h.id, delivery).await
             {

@@ -557,32 +557,64 @@ async fn after_a_crash_the_call_is_ended_once_and_no_second_template_is_sent() {
 /// Crashed between consent and the send: a new app sends the template once and ends the call.
 #[tokio::test]
 async fn a_saga_stopped_before_the_send_is_finished_by_another_replica() {
+    finish_a_stopped_saga(&[Milestone::Accepted]).await;
+}
+
+/// Crashed after the summary was recorded on the handoff but before the context write: the
+/// retry skips the summarising step, and the context still ends up naming the handoff (the
+/// WhatsApp worker looks for a handoff to resume only when it does) with the call's summary.
+#[tokio::test]
+async fn a_saga_stopped_after_its_summary_still_names_the_handoff_on_the_context() {
+    finish_a_stopped_saga(&[Milestone::Accepted, Milestone::Summarised]).await;
+}
+
+/// A handoff left at `reached` by a crash, written straight to the store (the context does not
+/// name it): a new app sends the template once, ends the call, and the customer's first
+/// WhatsApp message resumes it.
+async fn finish_a_stopped_saga(reached: &[Milestone]) {
     let dir = tempfile::tempdir().unwrap();
     let customer = CustomerId::parse_phone(CUSTOMER).unwrap();
-    {
+    let stopped = {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let long_ago = Utc::now() - chrono::Duration::minutes(2);
         let mut h = Handoff::new(customer.clone(), Some("call-half".into()), long_ago);
-        h.apply(Milestone::Accepted, long_ago, None).unwrap();
-        store.create(&h).await.unwrap();
+        for &m in reached {
+            h.apply(m, long_ago, None).unwrap();
+        }
+        if h.reached(Milestone::Summarised) {
+            h.summary = Some("Order 1234 arrived damaged.".into());
+        }
         handoff::store::update(&store, &customer, |c| {
             c.display_name = Some("Grace Hopper".into());
             c.whatsapp = None;
         })
         .await
         .unwrap();
-    }
+        store.create(&h).await.unwrap()
+    };
     let mut settings = Settings::embedded(dir.path());
     settings.host = "127.0.0.1".parse().unwrap();
     settings.port = 0;
     settings.handoff.goodbye_timeout = Duration::from_secs(1);
     let app = TestApp::start(settings).await;
     let done = handoff_of(&app, "sent and ended", |h| h.reached(Milestone::CallEnded)).await;
+    assert_eq!(done.id, stopped.id);
     assert!(done.reached(Milestone::TemplateSent));
     let sent = templates(&app);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].0[0], "Grace");
     assert_eq!(hang_ups(&app, "call-half"), 1);
+    let ctx = app.context(&customer).await;
+    assert_eq!(ctx.handoff_ids, vec![stopped.id.as_str().to_owned()]);
+    assert_eq!(ctx.call_summary, done.summary);
+
+    let reply = text("eg-after-crash", "m-after-crash", "Hi, about my order");
+    assert_eq!(
+        deliver(&app, &serde_json::json!([reply])).await.status(),
+        200
+    );
+    let resumed = handoff_of(&app, "resumed", |h| h.reached(Milestone::Resumed)).await;
+    assert_eq!(resumed.id, stopped.id);
 }
 
 /// A tap on the template's button carries the handoff id: that handoff resumes, even when the
