@@ -43,6 +43,8 @@ const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
 const BY_CUSTOMER: TableDefinition<(&str, u64), &str> =
     TableDefinition::new("messages_by_customer");
 const META: TableDefinition<&str, u64> = TableDefinition::new("whatsapp_meta");
+/// The last sequence number given to a customer's message (in `META`).
+const SEQ: &str = "message_seq";
 
 fn be(e: impl std::fmt::Display) -> StoreError {
     StoreError::backend(BACKEND, e)
@@ -77,62 +79,82 @@ fn load(
         .transpose()
 }
 
-fn index(txn: &redb::WriteTransaction, customer: &CustomerId, id: &str) -> Result<(), StoreError> {
-    let mut meta = txn.open_table(META).map_err(be)?;
-    let seq = meta
-        .get("message_seq")
-        .map_err(be)?
-        .map(|v| v.value())
-        .unwrap_or(0)
-        + 1;
-    meta.insert("message_seq", seq).map_err(be)?;
-    let mut by_customer = txn.open_table(BY_CUSTOMER).map_err(be)?;
-    by_customer
-        .insert((customer.as_str(), seq), id)
-        .map_err(be)?;
-    Ok(())
+/// The log's tables, opened once for all the records of one write (opening a table costs
+/// about as much as inserting into it), with the sequence counter read once and written back
+/// by [`Self::close`].
+struct Writing<'t> {
+    messages: redb::Table<'t, &'static str, &'static [u8]>,
+    by_customer: redb::Table<'t, (&'static str, u64), &'static str>,
+    meta: redb::Table<'t, &'static str, u64>,
+    seq: u64,
+    first_seq: u64,
 }
 
-/// Records a message inside the writer's transaction; if a record with its id exists (a status
-/// that came first, or a redelivered inbound message), merges instead of duplicating.
-fn record_in(txn: &redb::WriteTransaction, record: MessageRecord) -> Result<(), StoreError> {
-    let mut messages = txn.open_table(MESSAGES).map_err(be)?;
-    let existing = load(&messages, &record.message_id)?;
-    let merged = match existing {
-        // A redelivered message: nothing new.
-        Some(e) if e.customer.is_some() => return Ok(()),
-        Some(mut early) => {
-            early.merge_send(record);
-            early
-        }
-        None => record,
-    };
-    let bytes = serde_json::to_vec(&merged).map_err(be)?;
-    messages
-        .insert(merged.message_id.as_str(), bytes.as_slice())
-        .map_err(be)?;
-    drop(messages);
-    if let Some(customer) = &merged.customer {
-        index(txn, customer, &merged.message_id)?;
+impl<'t> Writing<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        let meta = txn.open_table(META).map_err(be)?;
+        let seq = meta.get(SEQ).map_err(be)?.map(|v| v.value()).unwrap_or(0);
+        Ok(Self {
+            messages: txn.open_table(MESSAGES).map_err(be)?,
+            by_customer: txn.open_table(BY_CUSTOMER).map_err(be)?,
+            meta,
+            seq,
+            first_seq: seq,
+        })
     }
-    Ok(())
+
+    /// Records a message; if a record with its id exists (a status that came first, or a
+    /// redelivered inbound message), merges instead of duplicating.
+    fn record(&mut self, record: MessageRecord) -> Result<(), StoreError> {
+        let merged = match load(&self.messages, &record.message_id)? {
+            // A redelivered message: nothing new.
+            Some(e) if e.customer.is_some() => return Ok(()),
+            Some(mut early) => {
+                early.merge_send(record);
+                early
+            }
+            None => record,
+        };
+        let bytes = serde_json::to_vec(&merged).map_err(be)?;
+        self.messages
+            .insert(merged.message_id.as_str(), bytes.as_slice())
+            .map_err(be)?;
+        if let Some(customer) = &merged.customer {
+            self.seq += 1;
+            self.by_customer
+                .insert((customer.as_str(), self.seq), merged.message_id.as_str())
+                .map_err(be)?;
+        }
+        Ok(())
+    }
+
+    fn close(mut self) -> Result<(), StoreError> {
+        if self.seq != self.first_seq {
+            self.meta.insert(SEQ, self.seq).map_err(be)?;
+        }
+        Ok(())
+    }
+}
+
+fn record_all(
+    txn: &redb::WriteTransaction,
+    records: impl IntoIterator<Item = MessageRecord>,
+) -> Result<(), StoreError> {
+    let mut writing = Writing::open(txn)?;
+    for record in records {
+        writing.record(record)?;
+    }
+    writing.close()
 }
 
 #[async_trait]
 impl MessageLog for EmbeddedMessageLog {
     async fn record(&self, record: MessageRecord) -> Result<(), StoreError> {
-        self.db.write(move |txn| record_in(txn, record)).await
+        self.db.write(move |txn| record_all(txn, [record])).await
     }
 
     async fn record_many(&self, records: Vec<MessageRecord>) -> Result<(), StoreError> {
-        self.db
-            .write(move |txn| {
-                for record in records {
-                    record_in(txn, record)?;
-                }
-                Ok(())
-            })
-            .await
+        self.db.write(move |txn| record_all(txn, records)).await
     }
 
     async fn apply_status(
@@ -146,13 +168,7 @@ impl MessageLog for EmbeddedMessageLog {
                     Some(r) => r,
                     // The customer is filled in when the send is recorded; an orphan is not
                     // listed.
-                    None => MessageRecord::new(
-                        update.message_id.clone(),
-                        None,
-                        crate::domain::Direction::Outbound,
-                        "unknown",
-                        update.at,
-                    ),
+                    None => MessageRecord::unsent(update.message_id.clone(), update.at),
                 };
                 // Keep the customer unset on orphans: `record` indexes when the send arrives.
                 let orphan = record.customer.is_none();
