@@ -146,6 +146,7 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<IngestR
             customers: load.messages.len(),
             share_of_baseline: None,
             drain_seconds: 0.0,
+            handled_per_sec: None,
             ack_only: true,
             verification,
             during_load,
@@ -182,6 +183,7 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<IngestR
         && verification.logged == verification.expected
         && figures.errors == 0;
     service.stop().await;
+    let handled_per_sec = load.unique as f64 / (figures.seconds + drain_seconds).max(1e-9);
     Ok(IngestReport {
         load: figures,
         unique_messages: load.unique,
@@ -189,6 +191,7 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<IngestR
         customers: load.messages.len(),
         share_of_baseline: None,
         drain_seconds,
+        handled_per_sec: Some(handled_per_sec),
         ack_only: false,
         verification,
         during_load,

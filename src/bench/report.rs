@@ -62,6 +62,10 @@ pub struct IngestReport {
     pub share_of_baseline: Option<f64>,
     /// From the end of the load until the inbox was empty.
     pub drain_seconds: f64,
+    /// Unique messages ÷ (load + drain seconds): how fast messages were not only acknowledged
+    /// but handled (turn recorded, context written). The ack rate alone hides the worker, which
+    /// may still be busy long after the last acknowledgement. `None` when the worker did not run.
+    pub handled_per_sec: Option<f64>,
     /// The inbox worker did not run: `verification.backlog` must equal the unique messages
     /// (each recorded once, none handled).
     pub ack_only: bool,
@@ -239,8 +243,12 @@ impl Report {
             } else {
                 let _ = writeln!(
                     out,
-                    "            {} unique messages, {} duplicate deliveries, {} customers; inbox drained {:.2} s after the load",
-                    i.unique_messages, i.duplicate_deliveries, i.customers, i.drain_seconds
+                    "            {} unique messages, {} duplicate deliveries, {} customers; inbox drained {:.2} s after the load; {:.0} messages/s handled (load + drain)",
+                    i.unique_messages,
+                    i.duplicate_deliveries,
+                    i.customers,
+                    i.drain_seconds,
+                    i.handled_per_sec.unwrap_or(0.0)
                 );
                 let _ = writeln!(
                     out,

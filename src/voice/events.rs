@@ -33,7 +33,7 @@ pub fn incoming_call(event: &GridEvent) -> Option<Result<IncomingCall, IncomingC
     if !event.event_type.eq_ignore_ascii_case(INCOMING_CALL) {
         return None;
     }
-    let data = &event.data;
+    let data = &event.data_value();
     let Some(context) = data
         .get("incomingCallContext")
         .and_then(Value::as_str)
@@ -108,7 +108,7 @@ pub enum CallEventKind {
 
 /// Reads a callback event (CloudEvents envelope already parsed).
 pub fn call_event(event: &GridEvent) -> CallEvent {
-    let data = &event.data;
+    let data = &event.data_value();
     let field = |name: &str| {
         data.get(name)
             .and_then(Value::as_str)

@@ -180,7 +180,9 @@ pub fn parse_event(event: &GridEvent) -> Result<AcsEvent, EventError> {
 }
 
 fn parse_received(event: &GridEvent) -> Result<InboundMessage, EventError> {
-    let d = ReceivedData::deserialize(&event.data).map_err(|e| EventError::Shape(e.to_string()))?;
+    let d = event
+        .data_as::<ReceivedData>()
+        .map_err(|e| EventError::Shape(e.to_string()))?;
     let from = non_empty(d.from);
     let bsuid = non_empty(d.from_bsuid);
     let customer = customer(from.as_deref(), bsuid.as_deref())?;
@@ -254,7 +256,9 @@ fn parse_received(event: &GridEvent) -> Result<InboundMessage, EventError> {
 }
 
 fn parse_status(event: &GridEvent) -> Result<Option<StatusUpdate>, EventError> {
-    let d = StatusData::deserialize(&event.data).map_err(|e| EventError::Shape(e.to_string()))?;
+    let d = event
+        .data_as::<StatusData>()
+        .map_err(|e| EventError::Shape(e.to_string()))?;
     let message_id = non_empty(d.message_id).ok_or(EventError::NoMessageId)?;
     let Some(status) = d.status.as_deref().and_then(DeliveryStatus::parse) else {
         return Ok(None);
@@ -646,13 +650,7 @@ mod tests {
     use crate::domain::template::TemplateButton;
 
     fn event(event_type: &str, data: Value) -> GridEvent {
-        GridEvent {
-            id: "ev-1".into(),
-            event_type: event_type.into(),
-            subject: None,
-            time: None,
-            data,
-        }
+        GridEvent::new("ev-1", event_type, &data)
     }
 
     #[test]

@@ -43,6 +43,12 @@ async fn baseline_and_ingest_handle_every_unique_message_exactly_once() {
     assert_eq!((v.logged, v.backlog), (160, 0));
     assert!(v.exactly_once);
     assert!(ingest.share_of_baseline.is_some());
+    let handled = ingest.handled_per_sec.expect("the worker ran");
+    // Never faster than the acknowledgements: handling includes the load itself.
+    assert!(
+        handled > 0.0 && handled <= ingest.load.per_sec * 1.001,
+        "{ingest:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
