@@ -148,6 +148,13 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
 
     // Match each Final with the first play requested on its call at or after it.
     let mut plays: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
+    let actions_dropped = sandbox.actions_dropped();
+    if actions_dropped > 0 {
+        // A `Final` whose play is gone would be matched with a later one: not a figure.
+        progress.say(format!(
+            "calls: the sandbox dropped its {actions_dropped} oldest actions (it keeps a bounded record); the run is incomplete"
+        ));
+    }
     for (at, action) in sandbox.timed_actions() {
         if let VoiceAction::Play {
             call_connection_id, ..
@@ -217,6 +224,7 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
         .collect::<std::collections::HashSet<_>>()
         .len();
     let complete = report.connected == k
+        && actions_dropped == 0
         && calls_that_spoke == k
         && report.turns_answered == report.finals
         && report.media_failures == 0

@@ -172,8 +172,19 @@ impl Drop for Attachment {
 /// One replica, no shared storage.
 #[derive(Default)]
 pub struct InProcessRegistry {
-    records: Mutex<HashMap<String, (CallRecord, Instant)>>,
+    records: Mutex<Records>,
     routes: Arc<LocalRoutes>,
+}
+
+/// How often a `put` drops the records older than [`CALL_TTL`]: a sweep visits every record,
+/// so doing it on every `put` made answering N calls O(N²). `get` never returns an expired
+/// record, so the sweep only bounds memory.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Records {
+    by_route: HashMap<String, (CallRecord, Instant)>,
+    next_sweep: Option<Instant>,
 }
 
 impl InProcessRegistry {
@@ -187,8 +198,15 @@ impl CallRegistry for InProcessRegistry {
     async fn put(&self, token: &CallToken, record: &CallRecord) -> Result<(), StoreError> {
         let mut records = self.records.lock().expect("records lock");
         let now = Instant::now();
-        records.retain(|_, (_, at)| now.duration_since(*at) < CALL_TTL);
-        records.insert(token.route_id(), (record.clone(), now));
+        if records.next_sweep.is_none_or(|at| now >= at) {
+            records
+                .by_route
+                .retain(|_, (_, at)| now.duration_since(*at) < CALL_TTL);
+            records.next_sweep = Some(now + SWEEP_EVERY);
+        }
+        records
+            .by_route
+            .insert(token.route_id(), (record.clone(), now));
         Ok(())
     }
 
@@ -197,6 +215,7 @@ impl CallRegistry for InProcessRegistry {
             .records
             .lock()
             .expect("records lock")
+            .by_route
             .get(&token.route_id())
             .filter(|(_, at)| at.elapsed() < CALL_TTL)
             .map(|(r, _)| r.clone()))

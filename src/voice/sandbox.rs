@@ -53,6 +53,12 @@ struct SandboxCall {
     cancel: watch::Sender<u64>,
 }
 
+/// Actions kept, oldest dropped first, so a long-running sandbox does not grow without limit.
+/// Enough for `bench calls` at 1,000 calls for a minute (an answer per call, two or three
+/// plays per turn); a longer run finds some gone ([`SandboxVoice::actions_dropped`]) and says
+/// it is incomplete.
+const KEEP_ACTIONS: usize = 100_000;
+
 pub struct SandboxVoice {
     http: reqwest::Client,
     /// Every action with the time it was asked for (the benchmark reads the times).
@@ -60,6 +66,8 @@ pub struct SandboxVoice {
     calls: Mutex<HashMap<String, SandboxCall>>,
     /// How long the sandbox "speaks" per character of text.
     per_char: Duration,
+    /// Actions dropped from `actions` to keep it bounded.
+    dropped: std::sync::atomic::AtomicUsize,
 }
 
 impl SandboxVoice {
@@ -69,6 +77,7 @@ impl SandboxVoice {
             actions: Mutex::new(Vec::new()),
             calls: Mutex::new(HashMap::new()),
             per_char: Duration::from_millis(2),
+            dropped: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -80,6 +89,11 @@ impl SandboxVoice {
             .iter()
             .map(|(_, a)| a.clone())
             .collect()
+    }
+
+    /// How many of the oldest actions were dropped to keep the record bounded.
+    pub fn actions_dropped(&self) -> usize {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Everything recorded so far, with the time each action was asked for.
@@ -99,10 +113,13 @@ impl SandboxVoice {
 
     fn record(&self, action: VoiceAction) {
         let now = chrono::Utc::now();
-        self.actions
-            .lock()
-            .expect("actions lock")
-            .push((now, action));
+        let mut actions = self.actions.lock().expect("actions lock");
+        if actions.len() >= KEEP_ACTIONS {
+            actions.drain(..KEEP_ACTIONS / 10);
+            self.dropped
+                .fetch_add(KEEP_ACTIONS / 10, std::sync::atomic::Ordering::Relaxed);
+        }
+        actions.push((now, action));
     }
 
     fn command(&self, call: &str, command: Command) {
@@ -262,5 +279,30 @@ impl VoiceProvider for SandboxVoice {
             .expect("calls lock")
             .remove(call_connection_id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_of_actions_is_bounded_and_says_what_it_dropped() {
+        let sandbox = SandboxVoice::new(reqwest::Client::new());
+        let answer = |i: usize| VoiceAction::Answer {
+            call_connection_id: format!("call-{i}"),
+        };
+        for i in 0..KEEP_ACTIONS {
+            sandbox.record(answer(i));
+        }
+        assert_eq!(sandbox.actions_dropped(), 0);
+        assert_eq!(sandbox.actions().len(), KEEP_ACTIONS);
+        sandbox.record(answer(KEEP_ACTIONS));
+        assert_eq!(sandbox.actions_dropped(), KEEP_ACTIONS / 10);
+        let actions = sandbox.actions();
+        assert_eq!(actions.len(), KEEP_ACTIONS - KEEP_ACTIONS / 10 + 1);
+        // The oldest went; the newest is kept.
+        assert_eq!(actions.first(), Some(&answer(KEEP_ACTIONS / 10)));
+        assert_eq!(actions.last(), Some(&answer(KEEP_ACTIONS)));
     }
 }
