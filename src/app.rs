@@ -118,8 +118,9 @@ impl App {
         let stores = build_stores(&settings)?;
         crate::telemetry::metrics();
         let runtimes = Runtimes {
-            voice: WorkRuntime::new("voice-turns").map_err(StartupError::Runtime)?,
-            whatsapp: WorkRuntime::new("whatsapp-work").map_err(StartupError::Runtime)?,
+            voice: WorkRuntime::new("voice-turns", settings.voice.turn_slice)
+                .map_err(StartupError::Runtime)?,
+            whatsapp: WorkRuntime::new("whatsapp-work", None).map_err(StartupError::Runtime)?,
         };
         if settings.webhooks.event_grid_secret.is_none() {
             tracing::warn!(

@@ -152,6 +152,9 @@ pub struct VoiceSettings {
     pub silence_timeout: Duration,
     /// Barge-in on `transcription` (intermediate results) or `audio` (non-silent frames).
     pub barge_in: BargeIn,
+    /// The CPU time slice the voice-turn threads ask the kernel for (`crate::runtime`);
+    /// `None` keeps the kernel's default.
+    pub turn_slice: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,6 +427,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "`transcription` (default) or `audio`: what interrupts the agent",
     ),
     (
+        "VOICE_TURN_SLICE_US",
+        "CPU time slice in microseconds the voice-turn threads ask the kernel for, so that a turn preempts busy threads when it wakes (Linux 6.12+; default 300, 0 = the kernel's default)",
+    ),
+    (
         "AZURE_OPENAI_ENDPOINT",
         "Azure OpenAI endpoint; unset = scripted agent (or OPENAI_API_KEY)",
     ),
@@ -659,6 +666,9 @@ impl Settings {
                         ));
                     }
                 },
+                turn_slice: Some(env.parse_min("VOICE_TURN_SLICE_US", 300, 0)?)
+                    .filter(|&us| us > 0)
+                    .map(Duration::from_micros),
             },
             agent,
             handoff,
@@ -1098,6 +1108,19 @@ mod tests {
         let s = from(&[("COSMOS_ENDPOINT", "  "), ("PORT", "")]).unwrap();
         assert!(s.cosmos.is_none());
         assert_eq!(s.port, 8080);
+    }
+
+    #[test]
+    fn voice_turn_threads_ask_for_a_short_slice_unless_told_not_to() {
+        let slice = |env: &[(&str, &str)]| from(env).unwrap().voice.turn_slice;
+        assert_eq!(slice(&[]), Some(Duration::from_micros(300)));
+        assert_eq!(
+            slice(&[("VOICE_TURN_SLICE_US", "1000")]),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(slice(&[("VOICE_TURN_SLICE_US", "0")]), None);
+        let err = from(&[("VOICE_TURN_SLICE_US", "fast")]).unwrap_err();
+        assert!(err.to_string().contains("VOICE_TURN_SLICE_US"), "{err}");
     }
 
     #[test]
