@@ -29,6 +29,23 @@ use crate::domain::{Channel, CustomerContext, CustomerId, Turn};
 use crate::handoff::tools::ConversationTools;
 use crate::store::Contexts;
 
+/// Per-call queues carry boxed items. tokio allocates a channel's first block, 32 slots of the
+/// item's size, when the channel is made: a call's queues of 72–144-byte items took ≈ 17 kB
+/// before anything was sent (a heap profile at 1,000 calls, docs/performance.md), boxed ≈ 2 kB.
+/// What goes through them is a few items a turn, so the allocation per item costs nothing.
+type Arrived = Box<(MediaFrame, Instant)>;
+
+/// What the session's helper tasks (agent, plays, tools) report back to it.
+#[derive(Clone)]
+struct Feedback(mpsc::UnboundedSender<Box<Input>>);
+
+impl Feedback {
+    /// Dropped if the session has ended.
+    fn send(&self, input: Input) {
+        let _ = self.0.send(Box::new(input));
+    }
+}
+
 /// Frames buffered between the socket reader and the session.
 const FRAME_BUFFER: usize = 256;
 /// Provider actions queued by one session.
@@ -162,7 +179,7 @@ pub async fn run_call(
     });
 
     // Socket reader: parse frames; a malformed frame is logged and skipped.
-    let (frame_tx, frame_rx) = mpsc::channel::<(MediaFrame, Instant)>(FRAME_BUFFER);
+    let (frame_tx, frame_rx) = mpsc::channel::<Arrived>(FRAME_BUFFER);
     let reader_stats = stats.clone();
     let barge_in = service.settings.voice.barge_in;
     let reader = tokio::spawn(async move {
@@ -182,7 +199,11 @@ pub async fn run_call(
                 Ok(MediaFrame::Audio { silent, .. }) if !audio_barges_in(silent, barge_in) => {}
                 // Stamped on arrival: a turn's latency is measured from here.
                 Ok(frame) => {
-                    if frame_tx.send((frame, Instant::now())).await.is_err() {
+                    if frame_tx
+                        .send(Box::new((frame, Instant::now())))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -226,12 +247,12 @@ struct Driver {
     conversation: Conversation,
     output: SpeechOutput,
     ws: mpsc::Sender<String>,
-    internal_tx: mpsc::UnboundedSender<Input>,
-    internal_rx: mpsc::UnboundedReceiver<Input>,
-    actions: mpsc::Sender<Action>,
+    internal_tx: Feedback,
+    internal_rx: mpsc::UnboundedReceiver<Box<Input>>,
+    actions: mpsc::Sender<Box<Action>>,
     epoch: Arc<AtomicU64>,
     audio: Option<mpsc::Sender<AudioCommand>>,
-    persist: mpsc::Sender<Turn>,
+    persist: mpsc::Sender<Box<Turn>>,
     workers: Vec<JoinHandle<()>>,
     agent_task: Option<JoinHandle<()>>,
     silence_deadline: Option<Instant>,
@@ -248,11 +269,12 @@ impl Driver {
         ws: mpsc::Sender<String>,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let internal_tx = Feedback(internal_tx);
         let epoch = Arc::new(AtomicU64::new(0));
         let mut workers = Vec::new();
 
         // Provider actions, in order. Plays queued before a barge-in are skipped (epoch).
-        let (actions, mut action_rx) = mpsc::channel::<Action>(ACTION_BUFFER);
+        let (actions, mut action_rx) = mpsc::channel::<Box<Action>>(ACTION_BUFFER);
         {
             let provider = service.provider.clone();
             let call_id = call_id.clone();
@@ -261,10 +283,10 @@ impl Driver {
             let service = service.clone();
             workers.push(tokio::spawn(async move {
                 while let Some(action) = action_rx.recv().await {
-                    match action {
+                    match *action {
                         Action::Play { op, text, epoch: at, turn_started } => {
                             if epoch.load(Ordering::SeqCst) != at {
-                                let _ = feedback.send(Input::Played { op, outcome: PlayOutcome::Canceled });
+                                feedback.send(Input::Played { op, outcome: PlayOutcome::Canceled });
                                 continue;
                             }
                             if let Some(started) = turn_started {
@@ -272,7 +294,7 @@ impl Driver {
                             }
                             if let Err(err) = provider.play_text(&call_id, &text, &op).await {
                                 tracing::warn!(call_connection_id = %call_id, error = %err, "play failed");
-                                let _ = feedback.send(Input::Played { op, outcome: PlayOutcome::Failed });
+                                feedback.send(Input::Played { op, outcome: PlayOutcome::Failed });
                             }
                         }
                         Action::Close { op, text } => {
@@ -287,7 +309,7 @@ impl Driver {
         }
 
         // Context writes, in order, off the session loop.
-        let (persist, persist_rx) = mpsc::channel::<Turn>(ACTION_BUFFER);
+        let (persist, persist_rx) = mpsc::channel::<Box<Turn>>(ACTION_BUFFER);
         workers.push(tokio::spawn(persist_turns(
             service.contexts.clone(),
             record.customer_id.clone(),
@@ -324,8 +346,8 @@ impl Driver {
 
     async fn run(
         mut self,
-        mut frames: mpsc::Receiver<(MediaFrame, Instant)>,
-        events: &mut mpsc::Receiver<CallEvent>,
+        mut frames: mpsc::Receiver<Arrived>,
+        events: &mut mpsc::Receiver<Box<CallEvent>>,
     ) {
         match self.service.contexts.get(&self.context.customer_id).await {
             Ok(Some(ctx)) => self.context = ctx,
@@ -368,8 +390,8 @@ impl Driver {
                     Some(input) => (input, Instant::now()),
                     None => continue,
                 },
-                Some(input) = self.internal_rx.recv() => (input, Instant::now()),
-                frame = frames.recv(), if frames_open => match frame {
+                Some(input) = self.internal_rx.recv() => (*input, Instant::now()),
+                frame = frames.recv(), if frames_open => match frame.map(|arrived| *arrived) {
                     Some((frame, received)) => match self.frame_input(frame, barge_in) {
                         Some(input) => (input, received),
                         None => continue,
@@ -428,7 +450,7 @@ impl Driver {
         )));
         self.workers.push(tokio::spawn(async move {
             while let Some((op, outcome)) = outcome_rx.recv().await {
-                let _ = feedback.send(Input::Played { op, outcome });
+                feedback.send(Input::Played { op, outcome });
             }
         }));
         self.audio = Some(tx);
@@ -498,7 +520,7 @@ impl Driver {
                     self.agent_task = Some(tokio::spawn(async move {
                         let text_out = feedback.clone();
                         let mut on_text = move |delta: &str| {
-                            let _ = text_out.send(Input::AgentText {
+                            text_out.send(Input::AgentText {
                                 turn,
                                 delta: delta.to_owned(),
                             });
@@ -507,7 +529,7 @@ impl Driver {
                             Ok(outcome) => {
                                 for action in outcome.actions {
                                     if let TurnAction::EndCall { .. } = action {
-                                        let _ = feedback.send(Input::AgentTool {
+                                        feedback.send(Input::AgentTool {
                                             turn,
                                             call: ToolCall {
                                                 id: format!("end-{turn}"),
@@ -517,11 +539,11 @@ impl Driver {
                                         });
                                     }
                                 }
-                                let _ = feedback.send(Input::AgentDone { turn });
+                                feedback.send(Input::AgentDone { turn });
                             }
                             Err(err) => {
                                 tracing::warn!(error = %err, "agent failed");
-                                let _ = feedback.send(Input::AgentFailed { turn });
+                                feedback.send(Input::AgentFailed { turn });
                             }
                         }
                     }));
@@ -546,7 +568,7 @@ impl Driver {
                             epoch,
                             turn_started: turn_started.take(),
                         };
-                        let _ = self.actions.send(play).await;
+                        let _ = self.actions.send(Box::new(play)).await;
                     }
                 },
                 Effect::CancelPlayback => {
@@ -571,7 +593,7 @@ impl Driver {
                 Effect::Remember(turn) => {
                     self.context
                         .push_turn(turn.clone(), self.service.settings.transcript_max_turns);
-                    let _ = self.persist.send(turn).await;
+                    let _ = self.persist.send(Box::new(turn)).await;
                 }
                 Effect::Timings {
                     turn,
@@ -596,7 +618,10 @@ impl Driver {
                     self.closing_deadline = Some(Instant::now() + CLOSING_DEADLINE);
                     // Closing plays always go through Call Automation: its PlayCompleted
                     // callback is what hangs up, on whichever replica receives it.
-                    let _ = self.actions.send(Action::Close { op, text }).await;
+                    let _ = self
+                        .actions
+                        .send(Box::new(Action::Close { op, text }))
+                        .await;
                 }
                 Effect::HangUp { handoff_id } => {
                     tracing::info!(call_connection_id = %self.call_id, handoff_id = %handoff_id, "handoff goodbye spoken; hanging up");
@@ -645,14 +670,14 @@ async fn persist_turns(
     customer: CustomerId,
     max_turns: usize,
     call_id: String,
-    mut turns: mpsc::Receiver<Turn>,
+    mut turns: mpsc::Receiver<Box<Turn>>,
 ) {
     let mut batch = Vec::new();
     while turns.recv_many(&mut batch, ACTION_BUFFER).await > 0 {
         let written = contexts
             .update(&customer, |ctx| {
                 for turn in &batch {
-                    ctx.push_turn(turn.clone(), max_turns);
+                    ctx.push_turn(Turn::clone(turn), max_turns);
                 }
             })
             .await;
@@ -694,7 +719,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// at once, even if the turn that asked for it was interrupted meanwhile.
 struct VoiceTools {
     inner: Option<Arc<ConversationTools>>,
-    feedback: mpsc::UnboundedSender<Input>,
+    feedback: Feedback,
     turn: u64,
 }
 
@@ -710,7 +735,7 @@ impl ToolHost for VoiceTools {
         let task = tokio::spawn(async move {
             let outcome = inner.run(request, &call).await;
             if let Some(TurnAction::HandoffSent { handoff_id }) = &outcome.action {
-                let _ = feedback.send(Input::HandoffSent {
+                feedback.send(Input::HandoffSent {
                     turn,
                     handoff_id: handoff_id.clone(),
                 });
@@ -766,7 +791,7 @@ mod tests {
         let contexts = Contexts::new(store.clone());
         let customer = CustomerId::parse_phone("+15551234567").unwrap();
         let (tx, rx) = mpsc::channel(ACTION_BUFFER);
-        let turn = |role, text: &str| Turn::new(Channel::Voice, role, text, Utc::now());
+        let turn = |role, text: &str| Box::new(Turn::new(Channel::Voice, role, text, Utc::now()));
         // The first turn is written alone; the next three arrive while that write is in
         // flight, queue, and are written together.
         tx.send(turn(Role::Customer, "one")).await.unwrap();

@@ -102,10 +102,14 @@ pub trait CallRegistry: Send + Sync + 'static {
     }
 }
 
+/// A session's event queue. Events are boxed, as the session's other queues' items are
+/// (`super::call`): a queue's first block of 32 slots is allocated when it is made.
+type EventSender = mpsc::Sender<Box<CallEvent>>;
+
 /// This replica's attached sessions.
 #[derive(Default)]
 pub struct LocalRoutes {
-    routes: Mutex<HashMap<String, (u64, mpsc::Sender<CallEvent>)>>,
+    routes: Mutex<HashMap<String, (u64, EventSender)>>,
     next: std::sync::atomic::AtomicU64,
 }
 
@@ -134,7 +138,7 @@ impl LocalRoutes {
             .get(route_id)
             .map(|(_, tx)| tx.clone());
         match sender {
-            Some(tx) => match tx.try_send(event) {
+            Some(tx) => match tx.try_send(Box::new(event)) {
                 Ok(()) => true,
                 Err(err) => {
                     tracing::warn!(error = %err, "call event dropped: session is not keeping up");
@@ -152,7 +156,7 @@ impl LocalRoutes {
 
 /// A session's subscription to its call's events; detaches on drop.
 pub struct Attachment {
-    pub events: mpsc::Receiver<CallEvent>,
+    pub events: mpsc::Receiver<Box<CallEvent>>,
     id: u64,
     route_id: String,
     routes: Arc<LocalRoutes>,
