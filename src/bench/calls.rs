@@ -200,6 +200,12 @@ pub(super) async fn run(args: &BenchArgs, progress: &Progress) -> Result<CallsRe
         engine_p95_us: percentile(&engine, 95.0),
         engine_p99_us: percentile(&engine, 99.0),
         engine_max_us: engine.last().copied().unwrap_or(0),
+        voice_turn_slice_us: service
+            .state
+            .settings
+            .voice
+            .turn_slice
+            .map_or(0, |slice| slice.as_micros() as u64),
         cpu_seconds: cpu,
         cpu_cores_busy: cpu / streamed.as_secs_f64().max(1e-9),
         rss_before_kb: rss_before,

@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// the saga without any pacing.
     #[arg(long)]
     pub whatsapp_send_rate: Option<u32>,
+    /// The time slice in microseconds the service's voice-turn threads ask the kernel for
+    /// (`VOICE_TURN_SLICE_US`; unset: the service's default; 0: the kernel's default), to
+    /// compare `calls` with and without it.
+    #[arg(long)]
+    pub voice_turn_slice_us: Option<u64>,
     /// `ingest` without the inbox worker: measures acknowledgements alone, then checks that
     /// every unique message is in the inbox exactly once (nothing is handled).
     #[arg(long)]
@@ -108,6 +113,7 @@ impl Default for BenchArgs {
             handoffs: 50,
             handoff_concurrency: 4,
             whatsapp_send_rate: None,
+            voice_turn_slice_us: None,
             ack_only: false,
             redis_url: None,
             cosmos_endpoint: None,
@@ -215,6 +221,9 @@ impl Service {
                 database: format!("bench{}", uuid::Uuid::new_v4().simple()),
                 managed_identity_client_id: None,
             });
+        }
+        if let Some(us) = args.voice_turn_slice_us {
+            settings.voice.turn_slice = (us > 0).then(|| Duration::from_micros(us));
         }
         tune(&mut settings);
         let base = settings.public_base_url.clone();

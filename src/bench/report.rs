@@ -134,6 +134,9 @@ pub struct CallsReport {
     pub engine_p95_us: u64,
     pub engine_p99_us: u64,
     pub engine_max_us: u64,
+    /// The time slice the voice-turn threads asked the kernel for, in µs (0: the kernel's
+    /// default; `VOICE_TURN_SLICE_US`, `--voice-turn-slice-us`).
+    pub voice_turn_slice_us: u64,
     /// CPU (user + system) of the service's process while the calls streamed (the callers run
     /// in a process of their own).
     pub cpu_seconds: f64,
@@ -276,8 +279,16 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "            engine turn (Final received → play requested) p50 {} µs  p95 {} µs  p99 {} µs  max {} µs  ({} turns)",
-                c.engine_p50_us, c.engine_p95_us, c.engine_p99_us, c.engine_max_us, c.engine_turns
+                "            engine turn (Final received → play requested) p50 {} µs  p95 {} µs  p99 {} µs  max {} µs  ({} turns; voice-turn slice {})",
+                c.engine_p50_us,
+                c.engine_p95_us,
+                c.engine_p99_us,
+                c.engine_max_us,
+                c.engine_turns,
+                match c.voice_turn_slice_us {
+                    0 => "the kernel's default".to_owned(),
+                    us => format!("{us} µs"),
+                }
             );
             let _ = writeln!(
                 out,

@@ -53,8 +53,13 @@ async fn baseline_and_ingest_handle_every_unique_message_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_stream_audio_and_every_final_is_answered() {
-    let report = run(&tiny(vec![Mode::Calls])).await.unwrap();
+    let args = BenchArgs {
+        voice_turn_slice_us: Some(500),
+        ..tiny(vec![Mode::Calls])
+    };
+    let report = run(&args).await.unwrap();
     let calls = report.calls.expect("calls ran");
+    assert_eq!(calls.voice_turn_slice_us, 500, "the slice the run used");
     assert_eq!(calls.connected, 5);
     assert!(calls.audio_frames > 5 * 50, "{calls:?}");
     assert!(calls.finals >= 5, "{calls:?}");
