@@ -4,6 +4,8 @@
 
 use handoff::bench::{BenchArgs, Mode, run};
 
+use crate::support::services::{COSMOS_EMULATOR_KEY, CosmosServer, RedisServer};
+
 fn tiny(modes: Vec<Mode>) -> BenchArgs {
     BenchArgs {
         modes,
@@ -84,4 +86,35 @@ async fn handoffs_complete_and_every_step_is_timed() {
     }
     let json = serde_json::to_value(&report.handoff).unwrap();
     assert!(json["steps"].as_array().is_some_and(|s| !s.is_empty()));
+}
+
+/// The same harness against Redis and the Cosmos DB-compatible server (real processes), so
+/// that the backends' path of the bench cannot rot either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_and_handoffs_run_against_redis_and_the_cosmos_compatible_server() {
+    let redis = RedisServer::start();
+    let cosmos = CosmosServer::start();
+    let args = BenchArgs {
+        deliveries: 100,
+        whatsapp_send_rate: Some(1000),
+        redis_url: Some(redis.url()),
+        cosmos_endpoint: Some(cosmos.endpoint()),
+        cosmos_key: Some(COSMOS_EMULATOR_KEY.into()),
+        ..tiny(vec![Mode::Ingest, Mode::Handoff])
+    };
+    let report = run(&args).await.unwrap();
+    assert_eq!(report.backend, "cosmos+redis");
+    let ingest = report.ingest.expect("ingest ran");
+    assert_eq!((ingest.load.requests, ingest.load.errors), (100, 0));
+    assert_eq!(ingest.unique_messages, 80, "20% duplicates");
+    let v = &ingest.verification;
+    assert_eq!(
+        (v.turns_once, v.turns_missing, v.turns_repeated),
+        (80, 0, 0)
+    );
+    assert_eq!((v.logged, v.backlog), (80, 0));
+    assert!(v.exactly_once);
+    let handoff = report.handoff.expect("handoff ran");
+    assert_eq!((handoff.handoffs, handoff.completed), (3, 3));
+    assert!(handoff.complete);
 }
