@@ -427,7 +427,7 @@ impl VoiceService {
                 if record.state == CallState::Answering {
                     record.state = CallState::Connected;
                     record.call_connection_id = Some(call_id.clone());
-                    self.registry.put(token, record).await?;
+                    *record = self.registry.put(token, record).await?;
                 }
                 self.set_session(&customer, &call_id, |s| {
                     if s.status == VoiceSessionStatus::Connecting {
@@ -439,7 +439,7 @@ impl VoiceService {
             }
             CallEventKind::Disconnected => {
                 record.state = CallState::Ended;
-                self.registry.put(token, record).await?;
+                *record = self.registry.put(token, record).await?;
                 self.set_session(&customer, &call_id, |s| {
                     s.ended_at.get_or_insert_with(Utc::now);
                     if s.status != VoiceSessionStatus::Failed {
@@ -462,7 +462,7 @@ impl VoiceService {
                 if !already_closing {
                     record.state = CallState::Closing;
                 }
-                self.registry.put(token, record).await?;
+                *record = self.registry.put(token, record).await?;
                 self.set_session(&customer, &call_id, |s| {
                     s.status = VoiceSessionStatus::Failed;
                     s.end_reason.get_or_insert(end_reason.clone());

@@ -66,7 +66,8 @@ impl std::fmt::Debug for CallToken {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// In the order a call goes through them (`Ord`): a record never moves back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallState {
     Answering,
@@ -86,10 +87,33 @@ pub struct CallRecord {
     pub end_reason: Option<String>,
 }
 
+impl CallRecord {
+    /// What a write leaves stored when `stored` is already there. Replicas write a call's
+    /// record without reading it again first (the answer path, and each callback, perhaps on
+    /// different replicas), so a write merges instead of replacing: the state only moves
+    /// forward, and the call connection id and the end reason, once known, stay.
+    pub fn merged_onto(&self, stored: &CallRecord) -> CallRecord {
+        CallRecord {
+            customer_id: stored.customer_id.clone(),
+            call_connection_id: stored
+                .call_connection_id
+                .clone()
+                .or_else(|| self.call_connection_id.clone()),
+            state: self.state.max(stored.state),
+            end_reason: stored
+                .end_reason
+                .clone()
+                .or_else(|| self.end_reason.clone()),
+        }
+    }
+}
+
 /// Shared call records and event routing.
 #[async_trait]
 pub trait CallRegistry: Send + Sync + 'static {
-    async fn put(&self, token: &CallToken, record: &CallRecord) -> Result<(), StoreError>;
+    /// Writes `record`, merged onto the one stored ([`CallRecord::merged_onto`]) in one atomic
+    /// step, and returns what is stored now.
+    async fn put(&self, token: &CallToken, record: &CallRecord) -> Result<CallRecord, StoreError>;
     async fn get(&self, token: &CallToken) -> Result<Option<CallRecord>, StoreError>;
     /// Routes `event` to the session attached to the call, on whichever replica it is.
     async fn publish(&self, token: &CallToken, event: &CallEvent) -> Result<(), StoreError>;
@@ -199,7 +223,7 @@ impl InProcessRegistry {
 
 #[async_trait]
 impl CallRegistry for InProcessRegistry {
-    async fn put(&self, token: &CallToken, record: &CallRecord) -> Result<(), StoreError> {
+    async fn put(&self, token: &CallToken, record: &CallRecord) -> Result<CallRecord, StoreError> {
         let mut records = self.records.lock().expect("records lock");
         let now = Instant::now();
         if records.next_sweep.is_none_or(|at| now >= at) {
@@ -208,10 +232,14 @@ impl CallRegistry for InProcessRegistry {
                 .retain(|_, (_, at)| now.duration_since(*at) < CALL_TTL);
             records.next_sweep = Some(now + SWEEP_EVERY);
         }
+        let stored = match records.by_route.get(&token.route_id()) {
+            Some((stored, at)) if now.duration_since(*at) < CALL_TTL => record.merged_onto(stored),
+            _ => record.clone(),
+        };
         records
             .by_route
-            .insert(token.route_id(), (record.clone(), now));
-        Ok(())
+            .insert(token.route_id(), (stored.clone(), now));
+        Ok(stored)
     }
 
     async fn get(&self, token: &CallToken) -> Result<Option<CallRecord>, StoreError> {
@@ -291,19 +319,46 @@ impl RedisRegistry {
     }
 }
 
+/// [`CallRecord::merged_onto`] inside Redis, so that the read and the write are one step:
+/// KEYS[1] the record, ARGV[1] the record written (JSON), ARGV[2] its TTL in ms; returns what is
+/// stored. A stored value that does not decode is replaced.
+static MERGE_RECORD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local rank = {answering = 0, connected = 1, closing = 2, ended = 3}
+local record = cjson.decode(ARGV[1])
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local ok, stored = pcall(cjson.decode, raw)
+  if ok and type(stored) == 'table' then
+    if type(stored.customer_id) == 'string' then record.customer_id = stored.customer_id end
+    if type(stored.call_connection_id) == 'string' then
+      record.call_connection_id = stored.call_connection_id
+    end
+    if (rank[stored.state] or -1) > (rank[record.state] or -1) then record.state = stored.state end
+    if type(stored.end_reason) == 'string' then record.end_reason = stored.end_reason end
+  end
+end
+local merged = cjson.encode(record)
+redis.call('SET', KEYS[1], merged, 'PX', ARGV[2])
+return merged
+",
+    )
+});
+
 #[async_trait]
 impl CallRegistry for RedisRegistry {
-    async fn put(&self, token: &CallToken, record: &CallRecord) -> Result<(), StoreError> {
+    async fn put(&self, token: &CallToken, record: &CallRecord) -> Result<CallRecord, StoreError> {
         let json = serde_json::to_string(record).map_err(|e| StoreError::backend("redis", e))?;
         let mut conn = self.pool.connection();
-        let set: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(self.record_key(token))
+        let stored: redis::RedisResult<String> = MERGE_RECORD
+            .key(self.record_key(token))
             .arg(json)
-            .arg("PX")
             .arg(CALL_TTL.as_millis() as u64)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await;
-        self.pool.observe(set)
+        serde_json::from_str(&self.pool.observe(stored)?)
+            .map_err(|e| StoreError::backend("redis", e))
     }
 
     async fn get(&self, token: &CallToken) -> Result<Option<CallRecord>, StoreError> {
@@ -359,6 +414,32 @@ impl CallRegistry for RedisRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_merges_forward_onto_the_stored_record() {
+        let customer = CustomerId::parse_phone("+14255550199").unwrap();
+        let record = |id: Option<&str>, state, reason: Option<&str>| CallRecord {
+            customer_id: customer.clone(),
+            call_connection_id: id.map(str::to_owned),
+            state,
+            end_reason: reason.map(str::to_owned),
+        };
+        let stored = record(None, CallState::Connected, None);
+        // Forward, and what the write knows that the stored record does not, is taken.
+        assert_eq!(
+            record(Some("c1"), CallState::Closing, Some("why")).merged_onto(&stored),
+            record(Some("c1"), CallState::Closing, Some("why"))
+        );
+        // Backward is not; what the stored record knows stays.
+        let stored = record(Some("c1"), CallState::Ended, Some("first"));
+        assert_eq!(
+            record(Some("c2"), CallState::Answering, Some("second")).merged_onto(&stored),
+            stored
+        );
+        assert!(CallState::Answering < CallState::Connected);
+        assert!(CallState::Connected < CallState::Closing);
+        assert!(CallState::Closing < CallState::Ended);
+    }
     use crate::voice::events::CallEventKind;
 
     fn event(id: &str) -> CallEvent {

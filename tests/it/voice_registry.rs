@@ -47,8 +47,40 @@ fn redis_registry(redis: &RedisServer) -> Arc<RedisRegistry> {
 async fn contract(writer: Arc<dyn CallRegistry>, reader: Arc<dyn CallRegistry>) {
     let token = CallToken::generate();
     assert_eq!(reader.get(&token).await.unwrap(), None);
-    writer.put(&token, &record()).await.unwrap();
+    assert_eq!(writer.put(&token, &record()).await.unwrap(), record());
     assert_eq!(reader.get(&token).await.unwrap(), Some(record()));
+
+    // Writes merge onto what is stored: a replica that wrote from an older read (a late
+    // CallConnected, the answer path recording the call id) never moves the call back, nor
+    // loses its call id or the reason it ended.
+    let merged = CallToken::generate();
+    let answering = CallRecord {
+        call_connection_id: None,
+        state: CallState::Answering,
+        ..record()
+    };
+    assert_eq!(writer.put(&merged, &answering).await.unwrap(), answering);
+    let ended = CallRecord {
+        state: CallState::Ended,
+        end_reason: Some("media_failed: socket closed".into()),
+        ..record()
+    };
+    assert_eq!(writer.put(&merged, &ended).await.unwrap(), ended);
+    let late = CallRecord {
+        call_connection_id: Some("call-other".into()),
+        state: CallState::Connected,
+        end_reason: Some("hung up".into()),
+        ..record()
+    };
+    assert_eq!(writer.put(&merged, &late).await.unwrap(), ended);
+    assert_eq!(reader.get(&merged).await.unwrap(), Some(ended.clone()));
+    let answered = CallRecord {
+        call_connection_id: None,
+        state: CallState::Answering,
+        end_reason: None,
+        ..record()
+    };
+    assert_eq!(reader.put(&merged, &answered).await.unwrap(), ended);
 
     let mut attachment = reader.attach(&token);
     let other = CallToken::generate();
