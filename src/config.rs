@@ -155,6 +155,11 @@ pub struct VoiceSettings {
     /// The CPU time slice the voice-turn threads ask the kernel for (`crate::runtime`);
     /// `None` keeps the kernel's default.
     pub turn_slice: Option<Duration>,
+    /// The ACS resource's immutable id: Call Automation callbacks must then carry ACS's signed
+    /// token for it (`crate::acs::jwt`). `None` checks their per-call token only.
+    pub callback_audience: Option<String>,
+    /// Who signs those tokens; the keys are at `{issuer}/calling/keys`.
+    pub callback_token_issuer: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -427,6 +432,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "`transcription` (default) or `audio`: what interrupts the agent",
     ),
     (
+        "ACS_RESOURCE_ID",
+        "the ACS resource's immutable resource id (portal: Properties; `az communication show --query immutableResourceId`): Call Automation callbacks must then carry ACS's signed token (RS256) for it, and a media socket that presents one must present a valid one; unset = the per-call token in their URL is the only check",
+    ),
+    (
+        "ACS_CALLBACK_TOKEN_ISSUER",
+        "issuer of those tokens, whose signing keys are at `{issuer}/calling/keys` (default https://acscallautomation.communication.azure.com)",
+    ),
+    (
         "VOICE_TURN_SLICE_US",
         "CPU time slice in microseconds the voice-turn threads ask the kernel for, so that a turn preempts busy threads when it wakes (Linux 6.12+; default 300, 0 = the kernel's default)",
     ),
@@ -669,6 +682,11 @@ impl Settings {
                 turn_slice: Some(env.parse_min("VOICE_TURN_SLICE_US", 300, 0)?)
                     .filter(|&us| us > 0)
                     .map(Duration::from_micros),
+                callback_audience: env.string("ACS_RESOURCE_ID"),
+                callback_token_issuer: match env.string("ACS_CALLBACK_TOKEN_ISSUER") {
+                    Some(url) => parse_url("ACS_CALLBACK_TOKEN_ISSUER", &url, &["https", "http"])?,
+                    None => crate::acs::jwt::ACS_CALL_AUTOMATION_ISSUER.to_owned(),
+                },
             },
             agent,
             handoff,
@@ -1108,6 +1126,35 @@ mod tests {
         let s = from(&[("COSMOS_ENDPOINT", "  "), ("PORT", "")]).unwrap();
         assert!(s.cosmos.is_none());
         assert_eq!(s.port, 8080);
+    }
+
+    #[test]
+    fn acs_callback_tokens_are_checked_for_the_resource_named() {
+        let s = from(&[]).unwrap();
+        assert_eq!(s.voice.callback_audience, None);
+        assert_eq!(
+            s.voice.callback_token_issuer,
+            "https://acscallautomation.communication.azure.com"
+        );
+        let s = from(&[
+            ("ACS_RESOURCE_ID", " 0f5d7a2c-1b7e-4f38-9d5e-3c1a9e7b2f10 "),
+            ("ACS_CALLBACK_TOKEN_ISSUER", "https://issuer.example.com/"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.voice.callback_audience.as_deref(),
+            Some("0f5d7a2c-1b7e-4f38-9d5e-3c1a9e7b2f10")
+        );
+        assert!(
+            s.voice
+                .callback_token_issuer
+                .starts_with("https://issuer.example.com")
+        );
+        let err = from(&[("ACS_CALLBACK_TOKEN_ISSUER", "issuer")]).unwrap_err();
+        assert!(
+            err.to_string().contains("ACS_CALLBACK_TOKEN_ISSUER"),
+            "{err}"
+        );
     }
 
     #[test]

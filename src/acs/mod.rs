@@ -12,6 +12,7 @@
 //!   exponential backoff honouring `Retry-After`, but only for requests that are safe to repeat
 //!   (idempotent by nature, or made so by the repeatability headers). 4xx are never retried.
 
+pub mod jwt;
 mod sign;
 
 use std::sync::Arc;

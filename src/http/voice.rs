@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::ApiError;
+use crate::acs::jwt::TokenError;
 use crate::app::AppState;
 use crate::eventgrid;
 use crate::voice::{IncomingOutcome, VoiceServiceError, call};
@@ -72,11 +73,36 @@ async fn options(headers: HeaderMap) -> Response {
 async fn callbacks(
     State(state): State<AppState>,
     Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    if let Some(tokens) = &state.voice.acs_tokens
+        && let Err(err) = tokens.verify(authorization(&headers)).await
+    {
+        tracing::warn!(error = %err, "callback refused: ACS token");
+        return Err(err.into());
+    }
     check_size(&state, &body)?;
     state.voice.callbacks(query.token.as_deref(), &body).await?;
     Ok(StatusCode::OK)
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::KeysUnavailable(_) => Self::unavailable(err),
+            TokenError::Missing
+            | TokenError::Malformed(_)
+            | TokenError::UnknownKey
+            | TokenError::Rejected(_) => Self::Unauthorized(format!("ACS token: {err}")),
+        }
+    }
 }
 
 /// The media socket's read buffer. tungstenite zero-fills the whole free part of its read buffer
@@ -87,11 +113,21 @@ async fn callbacks(
 /// grows for them.
 const MEDIA_READ_BUFFER: usize = 8 * 1024;
 
+/// ACS presents its signed token on the upgrade only with secure media streaming; the per-call
+/// token in the URL is always checked (by the session), and a signed token, when presented,
+/// must be valid.
 async fn media_ws(
     State(state): State<AppState>,
     Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if let (Some(tokens), Some(presented)) = (&state.voice.acs_tokens, authorization(&headers))
+        && let Err(err) = tokens.verify(Some(presented)).await
+    {
+        tracing::warn!(error = %err, "media socket refused: ACS token");
+        return ApiError::from(err).into_response();
+    }
     let service = state.voice.clone();
     upgrade
         .read_buffer_size(MEDIA_READ_BUFFER)

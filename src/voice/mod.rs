@@ -85,6 +85,8 @@ pub struct VoiceService {
     /// Where each call's conversation runs: a runtime of its own, apart from the media
     /// sockets' audio (`crate::runtime`).
     pub turns: tokio::runtime::Handle,
+    /// Checks ACS's signed token on callbacks and media sockets (`ACS_RESOURCE_ID`).
+    pub acs_tokens: Option<Arc<crate::acs::jwt::AcsTokenVerifier>>,
 }
 
 /// A public base URL as a WebSocket base: `wss` for `https`, `ws` for `http`.
@@ -133,6 +135,26 @@ pub fn build(
     agent: Arc<dyn Agent>,
     turns: tokio::runtime::Handle,
 ) -> Result<Arc<VoiceService>, String> {
+    let acs_tokens = match (&settings.acs, &settings.voice.callback_audience) {
+        (Some(_), Some(audience)) => Some(Arc::new(crate::acs::jwt::AcsTokenVerifier::new(
+            &settings.voice.callback_token_issuer,
+            audience,
+            http.clone(),
+        ))),
+        (Some(_), None) => {
+            tracing::warn!(
+                "ACS_RESOURCE_ID is not set: Call Automation callbacks are checked by their per-call token only"
+            );
+            None
+        }
+        (None, Some(_)) => {
+            tracing::warn!(
+                "ACS_RESOURCE_ID is set without ACS: the sandbox's callbacks carry no ACS token and are not checked"
+            );
+            None
+        }
+        (None, None) => None,
+    };
     let (provider, sandbox): (Arc<dyn VoiceProvider>, _) = match &settings.acs {
         Some(acs) => {
             if settings.voice.cognitive_services_endpoint.is_none() {
@@ -178,6 +200,7 @@ pub fn build(
         speech: std::sync::Mutex::new(call::SpeechOutput::Play),
         tools: std::sync::OnceLock::new(),
         turns,
+        acs_tokens,
         settings,
     }))
 }

@@ -19,6 +19,7 @@ mod store_contract;
 mod support;
 mod voice;
 mod voice_registry;
+mod voice_tokens;
 mod whatsapp;
 mod whatsapp_load;
 mod whatsapp_outbound;

@@ -14,7 +14,7 @@ use crate::support::services::free_port;
 
 const GRID_SECRET: &str = "grid-secret";
 
-async fn app_with(fake: &FakeAcs, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+pub(crate) async fn app_with(fake: &FakeAcs, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let port = free_port();
     let endpoint = fake.endpoint();
     TestApp::spawn_echo(move |s| {
@@ -61,7 +61,7 @@ pub async fn ring(app: &TestApp, event: &Value) -> u16 {
 }
 
 /// A caller rings; returns the answered call and ACS's media socket.
-async fn call_in(app: &TestApp, fake: &FakeAcs, phone: &str) -> (FakeCall, AcsSocket) {
+pub(crate) async fn call_in(app: &TestApp, fake: &FakeAcs, phone: &str) -> (FakeCall, AcsSocket) {
     let status = ring(
         app,
         &incoming_event(&format!("ev-{phone}"), &format!("corr-{phone}"), phone),
@@ -75,14 +75,14 @@ async fn call_in(app: &TestApp, fake: &FakeAcs, phone: &str) -> (FakeCall, AcsSo
     (call, socket)
 }
 
-fn plays(fake: &FakeAcs, call_id: &str) -> Vec<String> {
+pub(crate) fn plays(fake: &FakeAcs, call_id: &str) -> Vec<String> {
     fake.plays_for(call_id)
         .iter()
         .filter_map(|p| p.play_text().map(str::to_owned))
         .collect()
 }
 
-async fn wait_for_play(fake: &FakeAcs, call_id: &str, text: &str) {
+pub(crate) async fn wait_for_play(fake: &FakeAcs, call_id: &str, text: &str) {
     fake.wait_for(&format!("play {text:?} on {call_id}"), |f| {
         plays(f, call_id).iter().any(|p| p == text).then_some(())
     })

@@ -57,6 +57,8 @@ struct Inner {
     /// How many of the next requests (after recording) answer 503.
     fail_next: AtomicU64,
     auto_complete_plays: AtomicBool,
+    /// Makes the `Authorization: Bearer` token each callback carries (ACS signs every one).
+    bearer: Mutex<Option<Arc<dyn Fn() -> String + Send + Sync>>>,
     http: reqwest::Client,
 }
 
@@ -92,6 +94,11 @@ impl FakeAcs {
     }
 
     /// Whether plays complete by themselves (PlayStarted + PlayCompleted callbacks).
+    /// Every callback from now on carries `Authorization: Bearer {token()}`.
+    pub fn sign_callbacks(&self, token: impl Fn() -> String + Send + Sync + 'static) {
+        *self.inner.bearer.lock().unwrap() = Some(Arc::new(token));
+    }
+
     pub fn auto_complete_plays(&self, on: bool) {
         self.inner.auto_complete_plays.store(on, Ordering::SeqCst);
     }
@@ -218,10 +225,12 @@ async fn post_callback(
         "time": "2026-01-01T00:00:00Z",
         "data": data,
     }]);
-    inner
-        .http
-        .post(&uri)
-        .json(&body)
+    let bearer = inner.bearer.lock().unwrap().clone();
+    let mut request = inner.http.post(&uri).json(&body);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token());
+    }
+    request
         .send()
         .await
         .map(|r| r.status().as_u16())

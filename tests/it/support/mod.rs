@@ -10,6 +10,8 @@ pub use app::TestApp;
 #[allow(dead_code)]
 pub mod acs_socket;
 #[allow(dead_code)]
+pub mod acs_tokens;
+#[allow(dead_code)]
 pub mod fake_calling;
 #[allow(dead_code)]
 pub mod fake_graph;
