@@ -50,6 +50,7 @@ locals {
     COSMOS_DATABASE             = { enabled = true, value = azurerm_cosmosdb_sql_database.main.name }
     ACS_ENDPOINT                = { enabled = var.acs_auth == "entra", value = local.acs_endpoint }
     ACS_WHATSAPP_CHANNEL_ID     = { enabled = local.whatsapp_acs && var.acs_whatsapp_channel_id != "", value = var.acs_whatsapp_channel_id }
+    ACS_RESOURCE_ID             = { enabled = var.enable_voice && var.acs_resource_id != "", value = var.acs_resource_id }
     COGNITIVE_SERVICES_ENDPOINT = { enabled = var.enable_voice, value = azurerm_cognitive_account.ai.endpoint }
     TRANSCRIPTION_LOCALE        = { enabled = var.enable_voice && var.transcription_locale != "", value = var.transcription_locale }
     TTS_VOICE_NAME              = { enabled = var.enable_voice && var.tts_voice_name != "", value = var.tts_voice_name }

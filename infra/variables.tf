@@ -107,6 +107,17 @@ variable "acs_whatsapp_channel_id" {
   }
 }
 
+variable "acs_resource_id" {
+  description = "Immutable resource id (GUID) of the Communication Services resource (az communication show --query immutableResourceId). When set, the app requires ACS's signed token on Call Automation callbacks. Empty: only the per-call token is checked."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.acs_resource_id == "" || can(regex("^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", var.acs_resource_id))
+    error_message = "acs_resource_id must be empty or a GUID."
+  }
+}
+
 variable "whatsapp_business_phone_number" {
   description = "The WhatsApp Business phone number in E.164 (e.g. +14255550123). Informational: shown in outputs and hooks; the app learns the channel from ACS_WHATSAPP_CHANNEL_ID."
   type        = string
