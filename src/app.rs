@@ -456,6 +456,7 @@ pub fn spawn_standard_workers(app: &App) {
         }
     });
     let claims = app.state().stores.claims.clone();
+    let whatsapp = app.state().whatsapp.clone();
     app.spawn_worker("maintenance", move |cancel| async move {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -467,6 +468,11 @@ pub fn spawn_standard_workers(app: &App) {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(purged = n, "expired claims purged"),
                         Err(err) => tracing::warn!(error = %err, "claim purge failed"),
+                    }
+                    match whatsapp.purge_expired_media().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(purged = n, "media past MEDIA_RETENTION_DAYS deleted"),
+                        Err(err) => tracing::warn!(error = %err, "media purge failed"),
                     }
                 }
             }

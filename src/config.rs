@@ -105,6 +105,8 @@ pub struct WhatsAppSettings {
     pub recipient_min_interval: Duration,
     /// How long to wait for a burst of customer messages to end before answering once.
     pub burst_wait: Duration,
+    /// How long downloaded inbound media is kept (`None`: for ever).
+    pub media_retention: Option<Duration>,
     /// Extra templates (JSON file) besides the built-in `conversation_continuation`.
     pub templates_file: Option<PathBuf>,
     /// Language of the built-in `conversation_continuation` template.
@@ -373,6 +375,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "wait for a customer's burst to end before answering (default 1500)",
     ),
     (
+        "MEDIA_RETENTION_DAYS",
+        "days downloaded inbound WhatsApp media (images, documents, audio) is kept before it is deleted (default 30; 0 = kept for ever)",
+    ),
+    (
         "WHATSAPP_TEMPLATES_FILE",
         "JSON file of extra templates (name, language, category, parameters, buttons)",
     ),
@@ -603,6 +609,9 @@ impl Settings {
                 send_rate_per_sec: env.parse_min("WHATSAPP_SEND_RATE_PER_SEC", 80, 1)?,
                 recipient_min_interval: env.millis("WHATSAPP_RECIPIENT_MIN_INTERVAL_MS", 1000)?,
                 burst_wait: env.millis("WHATSAPP_BURST_WAIT_MS", 1500)?,
+                media_retention: Some(env.parse_min::<u64>("MEDIA_RETENTION_DAYS", 30, 0)?)
+                    .filter(|&days| days > 0)
+                    .map(|days| Duration::from_secs(days.saturating_mul(24 * 60 * 60))),
                 templates_file: env.string("WHATSAPP_TEMPLATES_FILE").map(PathBuf::from),
                 template_language: env
                     .string("WHATSAPP_TEMPLATE_LANGUAGE")
@@ -1155,6 +1164,18 @@ mod tests {
             err.to_string().contains("ACS_CALLBACK_TOKEN_ISSUER"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn media_is_kept_thirty_days_unless_told_otherwise() {
+        let retention = |env: &[(&str, &str)]| from(env).unwrap().whatsapp.media_retention;
+        let day = Duration::from_secs(24 * 60 * 60);
+        assert_eq!(retention(&[]), Some(30 * day));
+        assert_eq!(retention(&[("MEDIA_RETENTION_DAYS", "7")]), Some(7 * day));
+        assert_eq!(retention(&[("MEDIA_RETENTION_DAYS", "0")]), None);
+        assert!(retention(&[("MEDIA_RETENTION_DAYS", "18446744073709551615")]).is_some());
+        let err = from(&[("MEDIA_RETENTION_DAYS", "-1")]).unwrap_err();
+        assert!(err.to_string().contains("MEDIA_RETENTION_DAYS"), "{err}");
     }
 
     #[test]

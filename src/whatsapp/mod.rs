@@ -500,6 +500,19 @@ impl WhatsApp {
         self.media.get(media_id).await
     }
 
+    /// Deletes stored media older than `MEDIA_RETENTION_DAYS`; returns how many items.
+    pub async fn purge_expired_media(&self) -> Result<usize, StoreError> {
+        match self.settings.whatsapp.media_retention {
+            Some(retention) => {
+                let cutoff = std::time::SystemTime::now()
+                    .checked_sub(retention)
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                self.media.purge_before(cutoff).await
+            }
+            None => Ok(0),
+        }
+    }
+
     /// The provider's part of readiness (Meta: the access token works); `None` when the provider
     /// has nothing to report.
     pub async fn provider_readiness(&self) -> Option<Result<(), String>> {
