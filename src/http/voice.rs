@@ -115,7 +115,8 @@ const MEDIA_READ_BUFFER: usize = 8 * 1024;
 
 /// ACS presents its signed token on the upgrade only with secure media streaming; the per-call
 /// token in the URL is always checked (by the session), and a signed token, when presented,
-/// must be valid.
+/// must be valid. Refusals close the socket with 1008 (policy violation), as an unknown
+/// per-call token does.
 async fn media_ws(
     State(state): State<AppState>,
     Query(query): Query<TokenQuery>,
@@ -126,7 +127,11 @@ async fn media_ws(
         && let Err(err) = tokens.verify(Some(presented)).await
     {
         tracing::warn!(error = %err, "media socket refused: ACS token");
-        return ApiError::from(err).into_response();
+        return match err {
+            // Nothing can be checked now: the upgrade fails, and ACS may connect again.
+            TokenError::KeysUnavailable(_) => ApiError::from(err).into_response(),
+            _ => upgrade.on_upgrade(|socket| call::close(socket, 1008, "unauthorized")),
+        };
     }
     let service = state.voice.clone();
     upgrade

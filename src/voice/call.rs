@@ -102,7 +102,8 @@ pub async fn serve_media_socket(
     run_call(service, token, record, call_id, socket, output).await;
 }
 
-async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
+/// Closes a socket with `code` (1008: policy violation, for a caller we do not let in).
+pub async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
             code,

@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use axum::http::header::AUTHORIZATION;
+use futures::StreamExt;
 use handoff::domain::VoiceSessionStatus;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::TestApp;
@@ -144,12 +146,18 @@ async fn a_media_socket_that_presents_a_token_must_present_a_valid_one() {
             .insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
         tokio_tungstenite::connect_async(request)
     };
-    match upgrade(issuer.token_with(KEY_ID, Signer::Forged, |_| {})).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 401)
+    // Refused as an unknown per-call token is: the socket is closed with 1008.
+    let (mut refused, _) = upgrade(issuer.token_with(KEY_ID, Signer::Forged, |_| {}))
+        .await
+        .expect("the upgrade itself succeeds");
+    let close = loop {
+        match refused.next().await {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
         }
-        other => panic!("a forged token was not refused: {:?}", other.map(|_| ())),
-    }
+    };
+    assert_eq!(close, Some(1008));
     let (stream, _) = upgrade(issuer.token())
         .await
         .expect("a valid token is let in");
