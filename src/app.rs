@@ -390,6 +390,8 @@ async fn build_whatsapp(
 
 /// How often expired embedded claims are purged.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often stored media past `MEDIA_RETENTION_DAYS` is looked for.
+const MEDIA_PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 /// The agent and summariser: a model when one is configured, the scripted agent otherwise.
 fn build_agent(
@@ -456,7 +458,6 @@ pub fn spawn_standard_workers(app: &App) {
         }
     });
     let claims = app.state().stores.claims.clone();
-    let whatsapp = app.state().whatsapp.clone();
     app.spawn_worker("maintenance", move |cancel| async move {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -469,13 +470,26 @@ pub fn spawn_standard_workers(app: &App) {
                         Ok(n) => tracing::debug!(purged = n, "expired claims purged"),
                         Err(err) => tracing::warn!(error = %err, "claim purge failed"),
                     }
-                    match whatsapp.purge_expired_media().await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(purged = n, "media past MEDIA_RETENTION_DAYS deleted"),
-                        Err(err) => tracing::warn!(error = %err, "media purge failed"),
-                    }
                 }
             }
         }
     });
+    if app.state().settings.whatsapp.media_retention.is_some() {
+        let whatsapp = app.state().whatsapp.clone();
+        app.spawn_worker("media-retention", move |cancel| async move {
+            // Retention is counted in days: a directory scan an hour is plenty.
+            let mut tick = tokio::time::interval(MEDIA_PURGE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    _ = tick.tick() => match whatsapp.purge_expired_media().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(purged = n, "media past MEDIA_RETENTION_DAYS deleted"),
+                        Err(err) => tracing::warn!(error = %err, "media purge failed"),
+                    },
+                }
+            }
+        });
+    }
 }

@@ -159,12 +159,12 @@ pub fn parse(body: &[u8]) -> Result<Delivery, EnvelopeError> {
             #[derive(serde::Deserialize)]
             struct Validation {
                 #[serde(rename = "validationCode")]
-                code: Option<Value>,
+                code: Option<String>,
             }
+            // A code that is missing or not a string: the whole read fails, which is the same.
             let code = serde_json::from_str::<Validation>(data.get())
                 .ok()
                 .and_then(|v| v.code)
-                .and_then(|c| c.as_str().map(str::to_owned))
                 .ok_or(EnvelopeError::MissingField {
                     index,
                     field: "data.validationCode",

@@ -45,7 +45,6 @@ pub enum TokenError {
 
 /// Checks ACS-signed tokens for one audience.
 pub struct AcsTokenVerifier {
-    issuer: String,
     keys_url: String,
     validation: Validation,
     http: reqwest::Client,
@@ -86,16 +85,11 @@ impl AcsTokenVerifier {
         validation.leeway = LEEWAY_SECS;
         Self {
             keys_url: format!("{issuer}/calling/keys"),
-            issuer,
             validation,
             http,
             keys: RwLock::default(),
             fetching: tokio::sync::Mutex::new(()),
         }
-    }
-
-    pub fn issuer(&self) -> &str {
-        &self.issuer
     }
 
     /// Checks an `Authorization` header value.

@@ -414,6 +414,7 @@ impl CallRegistry for RedisRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::voice::events::CallEventKind;
 
     #[test]
     fn a_write_merges_forward_onto_the_stored_record() {
@@ -440,7 +441,6 @@ mod tests {
         assert!(CallState::Connected < CallState::Closing);
         assert!(CallState::Closing < CallState::Ended);
     }
-    use crate::voice::events::CallEventKind;
 
     fn event(id: &str) -> CallEvent {
         CallEvent {

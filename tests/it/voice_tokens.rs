@@ -13,7 +13,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::TestApp;
-use crate::support::acs_socket::AcsSocket;
 use crate::support::acs_tokens::{AUDIENCE, KEY_ID, Signer, TokenIssuer};
 use crate::support::fake_calling::FakeAcs;
 use crate::voice::{app_with, call_in, incoming_event, ring, wait_context, wait_for_play};
@@ -158,12 +157,12 @@ async fn a_media_socket_that_presents_a_token_must_present_a_valid_one() {
         }
     };
     assert_eq!(close, Some(1008));
-    let (stream, _) = upgrade(issuer.token())
+    // A valid one is let in: the call's session runs on it, so the greeting is played (the
+    // refused socket above never started one). Sockets without a token are let in too: the
+    // first test's call runs on one.
+    let (_stream, _) = upgrade(issuer.token())
         .await
         .expect("a valid token is let in");
-    drop(stream);
-    // Without one, as before.
-    let _socket = AcsSocket::connect(&call.media_url).await;
     wait_for_play(&fake, &call.call_id, "How can I help you today?").await;
 }
 
