@@ -31,6 +31,20 @@ pub trait MessageLog: Send + Sync + 'static {
     /// unknown message is kept, so the send can merge it.
     async fn apply_status(&self, update: StatusUpdate)
     -> Result<Option<MessageRecord>, StoreError>;
+    /// Applies status reports in order, as [`Self::apply_status`] would one by one, returning
+    /// each one's answer. Adapters that can write them together (one transaction) do, and
+    /// then either all of them are applied or none: a retry after a failure must see every
+    /// report's effect again, not only the ones a partial write left unapplied.
+    async fn apply_statuses(
+        &self,
+        updates: Vec<StatusUpdate>,
+    ) -> Result<Vec<Option<MessageRecord>>, StoreError> {
+        let mut moved = Vec::with_capacity(updates.len());
+        for update in updates {
+            moved.push(self.apply_status(update).await?);
+        }
+        Ok(moved)
+    }
     async fn get(&self, message_id: &str) -> Result<Option<MessageRecord>, StoreError>;
     /// The customer's messages in the order they were recorded.
     async fn list(&self, customer: &CustomerId) -> Result<Vec<MessageRecord>, StoreError>;
@@ -147,6 +161,19 @@ fn record_all(
     writing.close()
 }
 
+/// One status report applied to its record: whether the status moved, and whether the record
+/// changed at all (a report that does not move the status may still carry billing details).
+fn apply_one(record: &mut MessageRecord, update: &StatusUpdate) -> (bool, bool) {
+    // Keep the customer unset on orphans: `record` indexes when the send arrives.
+    let mut probe = update.clone();
+    if record.customer.is_none() {
+        probe.customer = None;
+    }
+    let moved = record.apply(&probe);
+    let learned = record.merge_billing(&probe);
+    (moved, moved || learned)
+}
+
 #[async_trait]
 impl MessageLog for EmbeddedMessageLog {
     async fn record(&self, record: MessageRecord) -> Result<(), StoreError> {
@@ -161,31 +188,48 @@ impl MessageLog for EmbeddedMessageLog {
         &self,
         update: StatusUpdate,
     ) -> Result<Option<MessageRecord>, StoreError> {
+        let mut moved = self.apply_statuses(vec![update]).await?;
+        Ok(moved.pop().flatten())
+    }
+
+    async fn apply_statuses(
+        &self,
+        updates: Vec<StatusUpdate>,
+    ) -> Result<Vec<Option<MessageRecord>>, StoreError> {
         self.db
             .write(move |txn| {
                 let mut messages = txn.open_table(MESSAGES).map_err(be)?;
-                let mut record = match load(&messages, &update.message_id)? {
-                    Some(r) => r,
-                    // The customer is filled in when the send is recorded; an orphan is not
-                    // listed.
-                    None => MessageRecord::unsent(update.message_id.clone(), update.at),
-                };
-                // Keep the customer unset on orphans: `record` indexes when the send arrives.
-                let orphan = record.customer.is_none();
-                let mut probe = update.clone();
-                if orphan {
-                    probe.customer = None;
+                // Every report is applied in memory first (a later one sees an earlier one's
+                // change to the same message) and only then written: a failure writes nothing.
+                let mut changed: Vec<MessageRecord> = Vec::new();
+                let mut moved = Vec::with_capacity(updates.len());
+                for update in &updates {
+                    let known = changed
+                        .iter()
+                        .position(|r| r.message_id == update.message_id);
+                    let mut record = match known {
+                        Some(i) => changed.swap_remove(i),
+                        None => match load(&messages, &update.message_id)? {
+                            Some(r) => r,
+                            // The customer is filled in when the send is recorded; an orphan
+                            // is not listed.
+                            None => MessageRecord::unsent(update.message_id.clone(), update.at),
+                        },
+                    };
+                    let (moved_now, learned) = apply_one(&mut record, update);
+                    moved.push(moved_now.then(|| record.clone()));
+                    if learned || known.is_some() {
+                        changed.push(record);
+                    }
                 }
-                let moved = record.apply(&probe);
-                let learned = record.merge_billing(&probe);
-                if !moved && !learned {
-                    return Ok(None);
+                let encoded = changed
+                    .iter()
+                    .map(|r| Ok((r.message_id.as_str(), serde_json::to_vec(r).map_err(be)?)))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                for (id, bytes) in encoded {
+                    messages.insert(id, bytes.as_slice()).map_err(be)?;
                 }
-                let bytes = serde_json::to_vec(&record).map_err(be)?;
-                messages
-                    .insert(record.message_id.as_str(), bytes.as_slice())
-                    .map_err(be)?;
-                Ok(moved.then_some(record))
+                Ok(moved)
             })
             .await
     }
@@ -284,5 +328,56 @@ mod tests {
         );
         let r = log.get("out-1").await.unwrap().unwrap();
         assert_eq!(r.status, Some(DeliveryStatus::Read));
+    }
+
+    #[tokio::test]
+    async fn statuses_applied_together_are_all_written_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        let log = EmbeddedMessageLog::new(db.clone()).await.unwrap();
+        let customer = CustomerId::parse("+14255550123").unwrap();
+        let mut sent = MessageRecord::new(
+            "out-1",
+            Some(customer.clone()),
+            Direction::Outbound,
+            "text",
+            at(1),
+        );
+        sent.status = Some(DeliveryStatus::Accepted);
+        log.record(sent).await.unwrap();
+        // A record that cannot be read (a damaged value).
+        db.write(|txn| {
+            let mut messages = txn.open_table(MESSAGES).map_err(be)?;
+            messages
+                .insert("out-2", b"{not json".as_slice())
+                .map_err(be)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let both = vec![
+            status(DeliveryStatus::Delivered, 2),
+            StatusUpdate::new("out-2", DeliveryStatus::Delivered, at(2)),
+        ];
+        assert!(log.apply_statuses(both.clone()).await.is_err());
+        let r = log.get("out-1").await.unwrap().unwrap();
+        assert_eq!(
+            r.status,
+            Some(DeliveryStatus::Accepted),
+            "the first report is not written when a later one fails, so a retry applies it \
+             (and answers that it moved) again"
+        );
+        // Repaired, the retry moves both.
+        db.write(|txn| {
+            txn.open_table(MESSAGES)
+                .map_err(be)?
+                .remove("out-2")
+                .map_err(be)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let moved = log.apply_statuses(both).await.unwrap();
+        assert!(moved.iter().all(Option::is_some), "{moved:?}");
     }
 }

@@ -346,18 +346,23 @@ impl WhatsApp {
         }
     }
 
-    /// Handles a run from [`take_run`]: one status, or consecutive messages of one customer.
+    /// Handles a run from [`take_run`]: consecutive statuses, or consecutive messages of one
+    /// customer.
     async fn handle_run(
         &self,
         run: Vec<InboxEntry>,
         new_messages: &mut Vec<Received>,
     ) -> Result<(), StoreError> {
         let mut messages = Vec::with_capacity(run.len());
+        let mut statuses = Vec::new();
         for entry in run {
             match entry.event {
                 InboxEvent::Message(m) => messages.push(m),
-                InboxEvent::Status(s) => self.apply_status(s).await?,
+                InboxEvent::Status(s) => statuses.push(s),
             }
+        }
+        if !statuses.is_empty() {
+            self.apply_statuses(statuses).await?;
         }
         if messages.is_empty() {
             return Ok(());
@@ -396,19 +401,16 @@ impl WhatsApp {
             .map(|(m, media)| m.content.transcript_text_for(media.as_ref()))
             .collect();
         let max_turns = self.settings.transcript_max_turns;
-        let (ctx, fresh) = self
-            .contexts
-            .update(&customer, |ctx| {
-                messages
-                    .iter()
-                    .zip(&texts)
-                    .map(|(m, text)| {
-                        let provider = self.route_of_message(m).provider;
-                        apply_to_context(ctx, m, text, provider, max_turns)
-                    })
-                    .collect::<Vec<bool>>()
-            })
-            .await?;
+        let context_write = self.contexts.update(&customer, |ctx| {
+            messages
+                .iter()
+                .zip(&texts)
+                .map(|(m, text)| {
+                    let provider = self.route_of_message(m).provider;
+                    apply_to_context(ctx, m, text, provider, max_turns)
+                })
+                .collect::<Vec<bool>>()
+        });
         let records = messages
             .iter()
             .zip(&medias)
@@ -424,7 +426,13 @@ impl WhatsApp {
                 record
             })
             .collect();
-        self.log.record_many(records).await?;
+        // The two writes are independent and each may be repeated (a retry finds the messages
+        // in the context, and the log merges a redelivered record), so they are issued
+        // together: with the embedded store they usually share one group commit, and the run
+        // waits for one disk sync instead of two.
+        let (context_written, logged) = tokio::join!(context_write, self.log.record_many(records));
+        let (ctx, fresh) = context_written?;
+        logged?;
         for (m, &fresh) in messages.iter().zip(&fresh) {
             tracing::info!(customer = %m.customer, message_id = %m.message_id, kind = m.content.kind(), new = fresh, "whatsapp message received");
             if fresh && let Some(tools) = self.tools() {
@@ -499,15 +507,28 @@ impl WhatsApp {
         Ok(record)
     }
 
-    async fn apply_status(&self, update: StatusUpdate) -> Result<(), StoreError> {
+    /// Applies consecutive status reports in one message-log write, then what each one that
+    /// moved a status means for handoffs and the service window, in order.
+    async fn apply_statuses(&self, updates: Vec<StatusUpdate>) -> Result<(), StoreError> {
+        let moved = self.log.apply_statuses(updates.clone()).await?;
+        for (update, record) in updates.into_iter().zip(moved) {
+            if let Some(record) = record {
+                self.status_moved(update, record).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn status_moved(
+        &self,
+        update: StatusUpdate,
+        record: MessageRecord,
+    ) -> Result<(), StoreError> {
         let closes = update.closes_window();
         let at = update.at;
-        let message_id = update.message_id.clone();
+        let message_id = update.message_id;
         let status = update.status;
-        let reported_customer = update.customer.clone();
-        let Some(record) = self.log.apply_status(update).await? else {
-            return Ok(());
-        };
+        let reported_customer = update.customer;
         tracing::info!(message_id = %message_id, status = ?status, error_code = ?record.error_code, "whatsapp delivery status");
         if let (Some(tools), Some(customer)) = (
             self.tools(),
@@ -691,17 +712,25 @@ impl Dispatcher {
 /// Most messages applied together in one context write.
 const MAX_RUN: usize = 64;
 
-/// Takes the next run off the front: a status alone, or up to [`MAX_RUN`] consecutive
-/// messages from the same customer (applied together, in order).
+/// Takes the next run off the front: up to [`MAX_RUN`] consecutive statuses (one message-log
+/// write), or up to [`MAX_RUN`] consecutive messages from the same customer (applied together,
+/// in order). A status never joins a run of messages, nor a message one of statuses, so the
+/// partition's order is kept.
 fn take_run(pending: &mut VecDeque<InboxEntry>) -> Option<Vec<InboxEntry>> {
     let first = pending.pop_front()?;
     let customer = match &first.event {
-        InboxEvent::Message(m) => m.customer.clone(),
-        InboxEvent::Status(_) => return Some(vec![first]),
+        InboxEvent::Message(m) => Some(m.customer.clone()),
+        InboxEvent::Status(_) => None,
     };
     let mut run = vec![first];
     while run.len() < MAX_RUN
-        && matches!(pending.front(), Some(InboxEntry { event: InboxEvent::Message(m), .. }) if m.customer == customer)
+        && pending
+            .front()
+            .is_some_and(|next| match (&next.event, &customer) {
+                (InboxEvent::Message(m), Some(customer)) => m.customer == *customer,
+                (InboxEvent::Status(_), None) => true,
+                _ => false,
+            })
     {
         run.extend(pending.pop_front());
     }
@@ -843,6 +872,59 @@ mod dispatcher_tests {
                 chrono::Utc::now(),
             )),
         }
+    }
+
+    fn message(id: &str, from: &str) -> InboxEntry {
+        let customer = CustomerId::parse(from).unwrap();
+        InboxEntry {
+            id: id.into(),
+            seq: 1,
+            partition: customer.as_str().to_owned(),
+            event: InboxEvent::Message(InboundMessage {
+                message_id: id.into(),
+                customer,
+                wa_id: None,
+                bsuid: None,
+                business_number: None,
+                provider: None,
+                received_at: chrono::Utc::now(),
+                content: InboundContent::Text { text: "hi".into() },
+                display_name: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn runs_are_consecutive_statuses_or_one_customers_consecutive_messages() {
+        let mut pending: VecDeque<InboxEntry> = [
+            entry("s1", 1),
+            entry("s2", 2),
+            message("m1", "+14255550123"),
+            message("m2", "+14255550123"),
+            message("m3", "+14255550124"),
+            entry("s3", 3),
+            message("m4", "+14255550124"),
+        ]
+        .into();
+        let mut runs = Vec::new();
+        while let Some(run) = take_run(&mut pending) {
+            runs.push(run.into_iter().map(|e| e.id).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            runs,
+            [
+                vec!["s1", "s2"],
+                vec!["m1", "m2"],
+                vec!["m3"],
+                vec!["s3"],
+                vec!["m4"]
+            ]
+        );
+        let mut many: VecDeque<InboxEntry> = (0..MAX_RUN as u64 + 1)
+            .map(|i| entry(&format!("s{i}"), i))
+            .collect();
+        assert_eq!(take_run(&mut many).unwrap().len(), MAX_RUN);
+        assert_eq!(take_run(&mut many).unwrap().len(), 1);
     }
 
     #[test]

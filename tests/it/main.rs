@@ -11,6 +11,7 @@ mod handoff_store;
 mod handoff_story;
 mod identity;
 mod infra_contract;
+mod message_log;
 mod meta;
 mod openai;
 mod routing;
