@@ -426,13 +426,12 @@ impl WhatsApp {
                 record
             })
             .collect();
-        // The two writes are independent and each may be repeated (a retry finds the messages
-        // in the context, and the log merges a redelivered record), so they are issued
-        // together: with the embedded store they usually share one group commit, and the run
-        // waits for one disk sync instead of two.
-        let (context_written, logged) = tokio::join!(context_write, self.log.record_many(records));
-        let (ctx, fresh) = context_written?;
-        logged?;
+        // One after the other, not joined: issued together they usually share a group commit
+        // and a run waits for one disk sync instead of two, but the worker then takes more of
+        // the two cores while deliveries arrive, and in `bench ingest` acknowledgements fell by
+        // 10-15% with messages handled per second no better (docs/performance.md, session 10).
+        let (ctx, fresh) = context_write.await?;
+        self.log.record_many(records).await?;
         for (m, &fresh) in messages.iter().zip(&fresh) {
             tracing::info!(customer = %m.customer, message_id = %m.message_id, kind = m.content.kind(), new = fresh, "whatsapp message received");
             if fresh && let Some(tools) = self.tools() {
