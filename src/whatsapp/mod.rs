@@ -324,6 +324,7 @@ impl WhatsApp {
         entries: Vec<NewEntry>,
         ignored: usize,
     ) -> Result<Ingested, IngestError> {
+        self.dispatcher.delivery_arrived();
         let (fresh, duplicate) = self.record(entries).await?;
         Ok(Ingested::Events {
             fresh,

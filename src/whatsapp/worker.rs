@@ -5,6 +5,7 @@
 //! Entries are completed (removed from the inbox) only after they were handled.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,16 +34,32 @@ const COMPLETED_MEMORY: Duration = SWEEP_INTERVAL.saturating_mul(3);
 const MAX_BURST_ROUNDS: u32 = 4;
 /// Attempts at one entry before it is left for the sweep.
 const ATTEMPTS: u32 = 3;
-/// Customers handled at the same moment. Bounded so that a flood of deliveries leaves CPU for
-/// acknowledging them (the backlog is durable); a task waiting out a burst holds no permit.
+/// Customers handled at the same moment while deliveries arrive. Bounded so that a flood of
+/// deliveries leaves CPU for acknowledging them (the backlog is durable); a task waiting out a
+/// burst holds no permit.
 const CONCURRENCY: usize = 32;
+/// Customers handled at the same moment once no delivery has arrived for [`QUIET`]. A
+/// backlog's runs mostly wait (on durable writes, and on the agent's model), so more of them at
+/// once drain it sooner; with deliveries arriving, the same would take the cores the
+/// acknowledgements need (docs/performance.md, tenth session).
+const CONCURRENCY_QUIET: usize = 256;
+/// How long the webhook must have been without deliveries for [`CONCURRENCY_QUIET`].
+const QUIET: Duration = Duration::from_millis(250);
 /// How long a replica may hold a customer's cross-replica lease (Redis) before it lapses.
 const LEASE_TTL: Duration = Duration::from_secs(60);
 
 pub(super) struct Dispatcher {
     inner: Mutex<DispatchState>,
     wake: tokio::sync::Notify,
+    /// [`CONCURRENCY`] permits, always usable.
     permits: tokio::sync::Semaphore,
+    /// The permits up to [`CONCURRENCY_QUIET`], usable while the webhook is quiet.
+    quiet_permits: tokio::sync::Semaphore,
+    /// Whether the webhook is quiet; set by [`Dispatcher::watch_quiet`], cleared by a delivery.
+    quiet: tokio::sync::watch::Sender<bool>,
+    /// When the last webhook delivery arrived, in milliseconds after `started`.
+    last_delivery_ms: AtomicU64,
+    started: Instant,
 }
 
 impl Default for Dispatcher {
@@ -51,6 +68,10 @@ impl Default for Dispatcher {
             inner: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             permits: tokio::sync::Semaphore::new(CONCURRENCY),
+            quiet_permits: tokio::sync::Semaphore::new(CONCURRENCY_QUIET - CONCURRENCY),
+            quiet: tokio::sync::watch::Sender::new(false),
+            last_delivery_ms: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 }
@@ -76,6 +97,67 @@ struct DispatchState {
 }
 
 impl Dispatcher {
+    /// A webhook delivery arrived (the worker's own sandbox statuses and the sweep do not
+    /// count): the worker keeps to [`CONCURRENCY`] until the webhook is quiet again.
+    pub(super) fn delivery_arrived(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_delivery_ms.fetch_max(now, Ordering::Relaxed);
+        self.quiet
+            .send_if_modified(|quiet| std::mem::replace(quiet, false));
+    }
+
+    /// Declares the webhook quiet once no delivery has arrived for [`QUIET`], for as long as
+    /// none arrives; runs until `cancel`.
+    pub(super) async fn watch_quiet(&self, cancel: &CancellationToken) {
+        let mut quiet = self.quiet.subscribe();
+        loop {
+            let last = Duration::from_millis(self.last_delivery_ms.load(Ordering::Relaxed));
+            let quiet_at = self.started + last + QUIET;
+            if Instant::now() < quiet_at {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep_until(quiet_at) => continue,
+                }
+            }
+            self.quiet.send_replace(true);
+            // A delivery between the look at its time and the line above found the webhook
+            // busy already and left it so: look once more.
+            let last = Duration::from_millis(self.last_delivery_ms.load(Ordering::Relaxed));
+            if Instant::now() < self.started + last + QUIET {
+                self.quiet.send_replace(false);
+            }
+            quiet.borrow_and_update();
+            // Until a delivery ends the quiet.
+            while *quiet.borrow_and_update() {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = quiet.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+    }
+
+    /// A permit to work on a customer: one of [`CONCURRENCY`], or while the webhook is quiet
+    /// one of [`CONCURRENCY_QUIET`]. A waiter looks again whenever the webhook turns quiet or
+    /// busy; a permit already held is kept until its work is done.
+    async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        const OPEN: &str = "the worker's semaphores are never closed";
+        let mut quiet = self.quiet.subscribe();
+        loop {
+            let is_quiet = *quiet.borrow_and_update();
+            tokio::select! {
+                biased;
+                p = self.permits.acquire() => return p.expect(OPEN),
+                // Before the quiet permits: a waiter that was let in by the quiet does not take
+                // one after the quiet has ended.
+                changed = quiet.changed() => if changed.is_err() {
+                    return self.permits.acquire().await.expect(OPEN);
+                },
+                p = self.quiet_permits.acquire(), if is_quiet => return p.expect(OPEN),
+            }
+        }
+    }
+
     /// Queues an entry for its partition's task (called after the entry is durable).
     pub(super) fn submit(&self, entry: InboxEntry) {
         let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,6 +243,10 @@ pub fn spawn_workers(app: &crate::app::App, wa: Arc<WhatsApp>) {
         }
         tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    });
+    let w = wa.clone();
+    app.spawn_worker("whatsapp-quiet", move |cancel| async move {
+        w.dispatcher.watch_quiet(&cancel).await;
     });
     let w = wa.clone();
     app.spawn_worker("whatsapp-sweep", move |cancel| async move {
@@ -292,7 +378,7 @@ impl WhatsApp {
             while let Some(run) = take_run(&mut pending) {
                 let first_seq = run.first().map(|e| e.seq);
                 let keys: Vec<EntryKey> = run.iter().map(InboxEntry::key).collect();
-                let permit = self.dispatcher.permits.acquire().await;
+                let permit = self.dispatcher.permit().await;
                 let handled_run = self.handle_run(run, &mut new_messages).await;
                 drop(permit);
                 match handled_run {
@@ -326,7 +412,7 @@ impl WhatsApp {
             pending.extend(more);
         }
         if !new_messages.is_empty() {
-            let _permit = self.dispatcher.permits.acquire().await;
+            let _permit = self.dispatcher.permit().await;
             self.answer(new_messages).await;
         }
         self.finish(&handled).await;
@@ -891,6 +977,63 @@ mod dispatcher_tests {
                 display_name: None,
             }),
         }
+    }
+
+    /// Whether `permit` is granted without waiting (after letting other tasks run).
+    async fn granted<'a>(
+        permit: &mut std::pin::Pin<
+            Box<impl std::future::Future<Output = tokio::sync::SemaphorePermit<'a>>>,
+        >,
+    ) -> Option<tokio::sync::SemaphorePermit<'a>> {
+        tokio::select! {
+            biased;
+            p = permit.as_mut() => Some(p),
+            () = tokio::time::sleep(Duration::from_millis(1)) => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_worker_takes_more_customers_only_while_the_webhook_is_quiet() {
+        let d = Arc::new(Dispatcher::default());
+        let cancel = CancellationToken::new();
+        let watcher = tokio::spawn({
+            let (d, cancel) = (d.clone(), cancel.clone());
+            async move { d.watch_quiet(&cancel).await }
+        });
+        d.delivery_arrived();
+        let mut held = Vec::new();
+        for _ in 0..CONCURRENCY {
+            held.push(d.permit().await);
+        }
+        // Deliveries keep arriving: the next customer waits for one of the 32.
+        let mut next = Box::pin(d.permit());
+        for _ in 0..5 {
+            tokio::time::advance(QUIET / 2).await;
+            d.delivery_arrived();
+            assert!(granted(&mut next).await.is_none(), "busy: 32 at most");
+        }
+        // Quiet for long enough: the waiting customer goes ahead, and more, up to 256.
+        tokio::time::advance(QUIET).await;
+        held.extend(granted(&mut next).await);
+        assert_eq!(held.len(), CONCURRENCY + 1, "quiet: a waiter is let in");
+        while held.len() < CONCURRENCY_QUIET {
+            held.push(d.permit().await);
+        }
+        let mut over = Box::pin(d.permit());
+        assert!(granted(&mut over).await.is_none(), "quiet: 256 at most");
+        // A delivery ends the quiet: permits held stay held, but what is released beyond the
+        // 32 is not handed out again until the webhook is quiet once more.
+        d.delivery_arrived();
+        tokio::task::yield_now().await;
+        held.truncate(CONCURRENCY);
+        assert!(granted(&mut over).await.is_none(), "busy again: 32 at most");
+        held.pop();
+        assert!(
+            granted(&mut over).await.is_some(),
+            "one of the 32 was freed"
+        );
+        cancel.cancel();
+        watcher.await.unwrap();
     }
 
     #[test]
