@@ -144,7 +144,8 @@ pub struct CallsReport {
     /// The service's resident memory before the calls and half way through streaming.
     pub rss_before_kb: u64,
     pub rss_streaming_kb: u64,
-    pub rss_per_call_kb: f64,
+    /// `None` when another mode ran before in this process (see `calls::run`).
+    pub rss_per_call_kb: Option<f64>,
     /// The callers' process: cores busy while streaming, resident memory half way through.
     pub callers_cpu_cores_busy: f64,
     pub callers_rss_kb: u64,
@@ -297,11 +298,14 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "            service: CPU {:.2} cores busy; RSS {} → {} kB = {:.1} kB per call; callers' process: CPU {:.2} cores, RSS {} kB",
+                "            service: CPU {:.2} cores busy; RSS {} → {} kB = {}; callers' process: CPU {:.2} cores, RSS {} kB",
                 c.cpu_cores_busy,
                 c.rss_before_kb,
                 c.rss_streaming_kb,
-                c.rss_per_call_kb,
+                match c.rss_per_call_kb {
+                    Some(kb) => format!("{kb:.1} kB per call"),
+                    None => "per call not read (another mode ran first in this process; run calls first or alone)".into(),
+                },
                 c.callers_cpu_cores_busy,
                 c.callers_rss_kb
             );

@@ -62,6 +62,10 @@ async fn calls_stream_audio_and_every_final_is_answered() {
     let report = run(&args).await.unwrap();
     let calls = report.calls.expect("calls ran");
     assert_eq!(calls.voice_turn_slice_us, 500, "the slice the run used");
+    assert!(
+        calls.rss_per_call_kb.is_some(),
+        "the first mode in the process reads memory per call"
+    );
     assert_eq!(calls.connected, 5);
     assert!(calls.audio_frames > 5 * 50, "{calls:?}");
     assert!(calls.finals >= 5, "{calls:?}");
@@ -117,4 +121,19 @@ async fn ingest_and_handoffs_run_against_redis_and_the_cosmos_compatible_server(
     let handoff = report.handoff.expect("handoff ran");
     assert_eq!((handoff.handoffs, handoff.completed), (3, 3));
     assert!(handoff.complete);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_after_another_mode_read_no_memory_per_call() {
+    let report = run(&tiny(vec![Mode::Baseline, Mode::Calls])).await.unwrap();
+    let calls = report.calls.as_ref().expect("calls ran");
+    assert!(calls.complete, "{calls:?}");
+    assert_eq!(calls.rss_per_call_kb, None, "{calls:?}");
+    let table = report.table();
+    assert!(
+        table.contains("per call not read (another mode ran first in this process"),
+        "{table}"
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["calls"]["rss_per_call_kb"].is_null(), "{json}");
 }
