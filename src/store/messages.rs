@@ -277,6 +277,19 @@ mod tests {
         DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
     }
 
+    /// An outbound text the provider accepted.
+    fn accepted(id: &str, customer: &CustomerId, s: i64) -> MessageRecord {
+        let mut sent = MessageRecord::new(
+            id,
+            Some(customer.clone()),
+            Direction::Outbound,
+            "text",
+            at(s),
+        );
+        sent.status = Some(DeliveryStatus::Accepted);
+        sent
+    }
+
     fn status(status: DeliveryStatus, s: i64) -> StatusUpdate {
         StatusUpdate::new("out-1", status, at(s))
     }
@@ -296,15 +309,7 @@ mod tests {
                 .is_some()
         );
         assert!(log.list(&customer).await.unwrap().is_empty());
-        let mut sent = MessageRecord::new(
-            "out-1",
-            Some(customer.clone()),
-            Direction::Outbound,
-            "text",
-            at(1),
-        );
-        sent.status = Some(DeliveryStatus::Accepted);
-        log.record(sent).await.unwrap();
+        log.record(accepted("out-1", &customer, 1)).await.unwrap();
         let listed = log.list(&customer).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].status, Some(DeliveryStatus::Delivered));
@@ -336,15 +341,7 @@ mod tests {
         let db = EmbeddedDb::open(dir.path()).unwrap();
         let log = EmbeddedMessageLog::new(db.clone()).await.unwrap();
         let customer = CustomerId::parse("+14255550123").unwrap();
-        let mut sent = MessageRecord::new(
-            "out-1",
-            Some(customer.clone()),
-            Direction::Outbound,
-            "text",
-            at(1),
-        );
-        sent.status = Some(DeliveryStatus::Accepted);
-        log.record(sent).await.unwrap();
+        log.record(accepted("out-1", &customer, 1)).await.unwrap();
         // A record that cannot be read (a damaged value).
         db.write(|txn| {
             let mut messages = txn.open_table(MESSAGES).map_err(be)?;

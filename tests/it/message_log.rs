@@ -17,6 +17,19 @@ fn at(s: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
 }
 
+/// An outbound text the provider accepted.
+fn accepted(id: &str, customer: &CustomerId, s: i64) -> MessageRecord {
+    let mut sent = MessageRecord::new(
+        id,
+        Some(customer.clone()),
+        Direction::Outbound,
+        "text",
+        at(s),
+    );
+    sent.status = Some(DeliveryStatus::Accepted);
+    sent
+}
+
 fn update(id: &str, status: DeliveryStatus, s: i64) -> StatusUpdate {
     StatusUpdate::new(id, status, at(s))
 }
@@ -27,15 +40,7 @@ fn update(id: &str, status: DeliveryStatus, s: i64) -> StatusUpdate {
 async fn statuses_applied_together_answer_as_one_by_one(log: &dyn MessageLog) {
     let customer = CustomerId::parse("+14255550123").unwrap();
     for id in ["out-a", "out-b"] {
-        let mut sent = MessageRecord::new(
-            id,
-            Some(customer.clone()),
-            Direction::Outbound,
-            "text",
-            at(1),
-        );
-        sent.status = Some(DeliveryStatus::Accepted);
-        log.record(sent).await.unwrap();
+        log.record(accepted(id, &customer, 1)).await.unwrap();
     }
     let updates = vec![
         update("out-a", DeliveryStatus::Sent, 2),
@@ -74,15 +79,9 @@ async fn statuses_applied_together_answer_as_one_by_one(log: &dyn MessageLog) {
     );
     // The early report waits, unlisted, for its send, which then takes its status.
     assert_eq!(log.list(&customer).await.unwrap().len(), 2);
-    let mut late = MessageRecord::new(
-        "out-late",
-        Some(customer.clone()),
-        Direction::Outbound,
-        "text",
-        at(3),
-    );
-    late.status = Some(DeliveryStatus::Accepted);
-    log.record(late).await.unwrap();
+    log.record(accepted("out-late", &customer, 3))
+        .await
+        .unwrap();
     let listed = log.list(&customer).await.unwrap();
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[2].status, Some(DeliveryStatus::Delivered));
