@@ -220,6 +220,25 @@ impl App {
         });
     }
 
+    /// Starts a worker that runs `job` every `period` (the first time at once) until the app
+    /// shuts down; a run that overruns its period delays the next instead of bunching them.
+    pub fn spawn_periodic<F, Fut>(&self, name: &'static str, period: Duration, job: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        self.spawn_worker(name, move |cancel| async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    _ = tick.tick() => job().await,
+                }
+            }
+        });
+    }
+
     /// Serves until `shutdown` resolves, then drains requests and workers.
     pub async fn run(
         self,
@@ -443,51 +462,37 @@ pub fn spawn_standard_workers(app: &App) {
     });
     let handoff = app.state().handoff.clone();
     let idle = app.state().settings.handoff.goodbye_timeout * 2;
-    app.spawn_worker("handoff-recovery", move |cancel| async move {
-        let mut tick = tokio::time::interval(RECOVERY_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                _ = tick.tick() => match handoff.recover(idle).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(sagas = n, "resumed unfinished handoffs"),
-                    Err(err) => tracing::warn!(error = %err, "handoff recovery failed"),
-                },
+    app.spawn_periodic("handoff-recovery", RECOVERY_INTERVAL, move || {
+        let handoff = handoff.clone();
+        async move {
+            match handoff.recover(idle).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sagas = n, "resumed unfinished handoffs"),
+                Err(err) => tracing::warn!(error = %err, "handoff recovery failed"),
             }
         }
     });
     let claims = app.state().stores.claims.clone();
-    app.spawn_worker("maintenance", move |cancel| async move {
-        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                _ = tick.tick() => {
-                    match claims.purge_expired().await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::debug!(purged = n, "expired claims purged"),
-                        Err(err) => tracing::warn!(error = %err, "claim purge failed"),
-                    }
-                }
+    app.spawn_periodic("maintenance", MAINTENANCE_INTERVAL, move || {
+        let claims = claims.clone();
+        async move {
+            match claims.purge_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(purged = n, "expired claims purged"),
+                Err(err) => tracing::warn!(error = %err, "claim purge failed"),
             }
         }
     });
     if app.state().settings.whatsapp.media_retention.is_some() {
         let whatsapp = app.state().whatsapp.clone();
-        app.spawn_worker("media-retention", move |cancel| async move {
-            // Retention is counted in days: a directory scan an hour is plenty.
-            let mut tick = tokio::time::interval(MEDIA_PURGE_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    _ = tick.tick() => match whatsapp.purge_expired_media().await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(purged = n, "media past MEDIA_RETENTION_DAYS deleted"),
-                        Err(err) => tracing::warn!(error = %err, "media purge failed"),
-                    },
+        // Retention is counted in days: a directory scan an hour is plenty.
+        app.spawn_periodic("media-retention", MEDIA_PURGE_INTERVAL, move || {
+            let whatsapp = whatsapp.clone();
+            async move {
+                match whatsapp.purge_expired_media().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "media past MEDIA_RETENTION_DAYS deleted"),
+                    Err(err) => tracing::warn!(error = %err, "media purge failed"),
                 }
             }
         });

@@ -122,22 +122,22 @@ impl AcsTokenVerifier {
             return Ok(key);
         }
         if self.fetch_due() {
-            self.keys.write().expect("keys lock").attempted_at = Some(Instant::now());
+            self.keys_mut().attempted_at = Some(Instant::now());
             match self.fetch().await {
                 Ok(by_id) => {
-                    let mut keys = self.keys.write().expect("keys lock");
+                    let mut keys = self.keys_mut();
                     keys.by_id = by_id;
                     keys.fetched_at = Some(Instant::now());
                 }
                 Err(err) => {
                     tracing::warn!(url = %self.keys_url, error = %err, "ACS signing keys not fetched; keeping those held");
-                    if self.keys.read().expect("keys lock").by_id.is_empty() {
+                    if self.keys().by_id.is_empty() {
                         return Err(TokenError::KeysUnavailable(err));
                     }
                 }
             }
         }
-        if self.keys.read().expect("keys lock").by_id.is_empty() {
+        if self.keys().by_id.is_empty() {
             return Err(TokenError::KeysUnavailable(
                 "the last fetch failed; the next is due within seconds".into(),
             ));
@@ -146,9 +146,23 @@ impl AcsTokenVerifier {
         self.held(kid, true).ok_or(TokenError::UnknownKey)
     }
 
+    /// The key set. A panic while it was held cannot leave it half-written (every write is
+    /// one assignment), so a poisoned lock is used as it is rather than failing every callback.
+    fn keys(&self) -> std::sync::RwLockReadGuard<'_, KeySet> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn keys_mut(&self) -> std::sync::RwLockWriteGuard<'_, KeySet> {
+        self.keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The key if held (and fresh, unless `stale_ok`).
     fn held(&self, kid: &str, stale_ok: bool) -> Option<DecodingKey> {
-        let keys = self.keys.read().expect("keys lock");
+        let keys = self.keys();
         let fresh = keys
             .fetched_at
             .is_some_and(|at| at.elapsed() < KEYS_MAX_AGE);
@@ -156,10 +170,7 @@ impl AcsTokenVerifier {
     }
 
     fn fetch_due(&self) -> bool {
-        self.keys
-            .read()
-            .expect("keys lock")
-            .fetch_due(Instant::now())
+        self.keys().fetch_due(Instant::now())
     }
 
     async fn fetch(&self) -> Result<HashMap<String, DecodingKey>, String> {

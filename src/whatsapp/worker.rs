@@ -249,15 +249,9 @@ pub fn spawn_workers(app: &crate::app::App, wa: Arc<WhatsApp>) {
         w.dispatcher.watch_quiet(&cancel).await;
     });
     let w = wa.clone();
-    app.spawn_worker("whatsapp-sweep", move |cancel| async move {
-        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                _ = tick.tick() => w.sweep().await,
-            }
-        }
+    app.spawn_periodic("whatsapp-sweep", SWEEP_INTERVAL, move || {
+        let w = w.clone();
+        async move { w.sweep().await }
     });
     let statuses = wa
         .sandbox_statuses
@@ -487,16 +481,24 @@ impl WhatsApp {
             .map(|(m, media)| m.content.transcript_text_for(media.as_ref()))
             .collect();
         let max_turns = self.settings.transcript_max_turns;
-        let context_write = self.contexts.update(&customer, |ctx| {
-            messages
-                .iter()
-                .zip(&texts)
-                .map(|(m, text)| {
-                    let provider = self.route_of_message(m).provider;
-                    apply_to_context(ctx, m, text, provider, max_turns)
-                })
-                .collect::<Vec<bool>>()
-        });
+        // The context, then the log; not joined: issued together they usually share a group
+        // commit and a run waits for one disk sync instead of two, but the worker then takes
+        // more of the two cores while deliveries arrive, and in `bench ingest`
+        // acknowledgements fell by 10-15% with messages handled per second no better
+        // (docs/performance.md, tenth session).
+        let (ctx, fresh) = self
+            .contexts
+            .update(&customer, |ctx| {
+                messages
+                    .iter()
+                    .zip(&texts)
+                    .map(|(m, text)| {
+                        let provider = self.route_of_message(m).provider;
+                        apply_to_context(ctx, m, text, provider, max_turns)
+                    })
+                    .collect::<Vec<bool>>()
+            })
+            .await?;
         let records = messages
             .iter()
             .zip(&medias)
@@ -512,11 +514,6 @@ impl WhatsApp {
                 record
             })
             .collect();
-        // One after the other, not joined: issued together they usually share a group commit
-        // and a run waits for one disk sync instead of two, but the worker then takes more of
-        // the two cores while deliveries arrive, and in `bench ingest` acknowledgements fell by
-        // 10-15% with messages handled per second no better (docs/performance.md, session 10).
-        let (ctx, fresh) = context_write.await?;
         self.log.record_many(records).await?;
         for (m, &fresh) in messages.iter().zip(&fresh) {
             tracing::info!(customer = %m.customer, message_id = %m.message_id, kind = m.content.kind(), new = fresh, "whatsapp message received");
