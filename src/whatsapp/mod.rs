@@ -324,7 +324,7 @@ impl WhatsApp {
         entries: Vec<NewEntry>,
         ignored: usize,
     ) -> Result<Ingested, IngestError> {
-        self.dispatcher.delivery_arrived();
+        let _delivering = self.dispatcher.delivery_started();
         let (fresh, duplicate) = self.record(entries).await?;
         Ok(Ingested::Events {
             fresh,

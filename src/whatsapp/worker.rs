@@ -5,7 +5,7 @@
 //! Entries are completed (removed from the inbox) only after they were handled.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,31 +34,38 @@ const COMPLETED_MEMORY: Duration = SWEEP_INTERVAL.saturating_mul(3);
 const MAX_BURST_ROUNDS: u32 = 4;
 /// Attempts at one entry before it is left for the sweep.
 const ATTEMPTS: u32 = 3;
-/// Customers handled at the same moment while deliveries arrive. Bounded so that a flood of
-/// deliveries leaves CPU for acknowledging them (the backlog is durable); a task waiting out a
-/// burst holds no permit.
-const CONCURRENCY: usize = 32;
-/// Customers handled at the same moment once no delivery has arrived for [`QUIET`]. A
-/// backlog's runs mostly wait (on durable writes, and on the agent's model), so more of them at
-/// once drain it sooner; with deliveries arriving, the same would take the cores the
-/// acknowledgements need (docs/performance.md, tenth session).
-const CONCURRENCY_QUIET: usize = 256;
-/// How long the webhook must have been without deliveries for [`CONCURRENCY_QUIET`].
-const QUIET: Duration = Duration::from_millis(250);
+/// Customers handled at the same moment. Their runs mostly wait (on durable writes, and on the
+/// agent's model), so many at once drain a backlog sooner and keep a slow model from capping
+/// the answers a second; a task waiting out a burst holds no permit.
+const CONCURRENCY: usize = 256;
+/// Customers handled at the same moment during a flood of webhook deliveries. The backlog is
+/// durable, so it waits: the cores and the disk go to acknowledging, and a customer's messages
+/// queue up and are then applied in one write instead of many (docs/performance.md, eleventh
+/// session).
+const CONCURRENCY_FLOOD: usize = 2;
+/// Acknowledgements being recorded at once that mark a flood: the acknowledgement path has
+/// work queued. Unreached at ordinary rates (a delivery is durable within a millisecond or
+/// two), reached long before acknowledgements get slow.
+const FLOOD_IN_FLIGHT: usize = 8;
+/// A flood is over once no delivery has found one for this long.
+const FLOOD_HOLD: Duration = Duration::from_millis(250);
 /// How long a replica may hold a customer's cross-replica lease (Redis) before it lapses.
 const LEASE_TTL: Duration = Duration::from_secs(60);
 
 pub(super) struct Dispatcher {
     inner: Mutex<DispatchState>,
     wake: tokio::sync::Notify,
-    /// [`CONCURRENCY`] permits, always usable.
+    /// [`CONCURRENCY_FLOOD`] permits, always usable.
     permits: tokio::sync::Semaphore,
-    /// The permits up to [`CONCURRENCY_QUIET`], usable while the webhook is quiet.
-    quiet_permits: tokio::sync::Semaphore,
-    /// Whether the webhook is quiet; set by [`Dispatcher::watch_quiet`], cleared by a delivery.
-    quiet: tokio::sync::watch::Sender<bool>,
-    /// When the last webhook delivery arrived, in milliseconds after `started`.
-    last_delivery_ms: AtomicU64,
+    /// The permits up to [`CONCURRENCY`], usable unless the webhook is flooded.
+    calm_permits: tokio::sync::Semaphore,
+    /// Whether the webhook is flooded; set by a delivery, cleared by
+    /// [`Dispatcher::watch_flood`].
+    flood: tokio::sync::watch::Sender<bool>,
+    /// Webhook deliveries being recorded.
+    in_flight: AtomicUsize,
+    /// When a delivery last found a flood, in milliseconds after `started`.
+    last_flood_ms: AtomicU64,
     started: Instant,
 }
 
@@ -67,10 +74,11 @@ impl Default for Dispatcher {
         Self {
             inner: Mutex::default(),
             wake: tokio::sync::Notify::new(),
-            permits: tokio::sync::Semaphore::new(CONCURRENCY),
-            quiet_permits: tokio::sync::Semaphore::new(CONCURRENCY_QUIET - CONCURRENCY),
-            quiet: tokio::sync::watch::Sender::new(false),
-            last_delivery_ms: AtomicU64::new(0),
+            permits: tokio::sync::Semaphore::new(CONCURRENCY_FLOOD),
+            calm_permits: tokio::sync::Semaphore::new(CONCURRENCY - CONCURRENCY_FLOOD),
+            flood: tokio::sync::watch::Sender::new(false),
+            in_flight: AtomicUsize::new(0),
+            last_flood_ms: AtomicU64::new(0),
             started: Instant::now(),
         }
     }
@@ -97,63 +105,74 @@ struct DispatchState {
 }
 
 impl Dispatcher {
-    /// A webhook delivery arrived (the worker's own sandbox statuses and the sweep do not
-    /// count): the worker keeps to [`CONCURRENCY`] until the webhook is quiet again.
-    pub(super) fn delivery_arrived(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.last_delivery_ms.fetch_max(now, Ordering::Relaxed);
-        self.quiet
-            .send_if_modified(|quiet| std::mem::replace(quiet, false));
+    /// A webhook delivery is being recorded (the worker's own sandbox statuses and the sweep
+    /// do not count) until the guard is dropped. One that finds [`FLOOD_IN_FLIGHT`] being
+    /// recorded, itself included, declares a flood: the worker keeps to
+    /// [`CONCURRENCY_FLOOD`] until none has found one for [`FLOOD_HOLD`].
+    pub(super) fn delivery_started(&self) -> Delivering<'_> {
+        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_flight >= FLOOD_IN_FLIGHT {
+            let now = self.started.elapsed().as_millis() as u64;
+            self.last_flood_ms.fetch_max(now, Ordering::Relaxed);
+            // A look first: during a flood every delivery gets here, and sending takes the
+            // watch's write lock.
+            if !*self.flood.borrow() {
+                self.flood
+                    .send_if_modified(|flood| !std::mem::replace(flood, true));
+            }
+        }
+        Delivering(self)
     }
 
-    /// Declares the webhook quiet once no delivery has arrived for [`QUIET`], for as long as
-    /// none arrives; runs until `cancel`.
-    pub(super) async fn watch_quiet(&self, cancel: &CancellationToken) {
-        let mut quiet = self.quiet.subscribe();
+    /// Ends a flood once no delivery has found one for [`FLOOD_HOLD`]; runs until `cancel`.
+    pub(super) async fn watch_flood(&self, cancel: &CancellationToken) {
+        let mut flood = self.flood.subscribe();
         loop {
-            let last = Duration::from_millis(self.last_delivery_ms.load(Ordering::Relaxed));
-            let quiet_at = self.started + last + QUIET;
-            if Instant::now() < quiet_at {
+            // Until a delivery declares a flood.
+            while !*flood.borrow_and_update() {
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    () = tokio::time::sleep_until(quiet_at) => continue,
+                    changed = flood.changed() => if changed.is_err() { return },
                 }
             }
-            self.quiet.send_replace(true);
-            // A delivery between the look at its time and the line above found the webhook
-            // busy already and left it so: look once more.
-            let last = Duration::from_millis(self.last_delivery_ms.load(Ordering::Relaxed));
-            if Instant::now() < self.started + last + QUIET {
-                self.quiet.send_replace(false);
-            }
-            quiet.borrow_and_update();
-            // Until a delivery ends the quiet.
-            while *quiet.borrow_and_update() {
+            loop {
+                let last = Duration::from_millis(self.last_flood_ms.load(Ordering::Relaxed));
+                let over_at = self.started + last + FLOOD_HOLD;
+                if Instant::now() >= over_at {
+                    break;
+                }
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    changed = quiet.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep_until(over_at) => {}
                 }
+            }
+            self.flood.send_replace(false);
+            // A delivery between the look at its time and the line above found the flood
+            // declared already and left it so: look once more.
+            let last = Duration::from_millis(self.last_flood_ms.load(Ordering::Relaxed));
+            if Instant::now() < self.started + last + FLOOD_HOLD {
+                self.flood.send_replace(true);
             }
         }
     }
 
-    /// A permit to work on a customer: one of [`CONCURRENCY`], or while the webhook is quiet
-    /// one of [`CONCURRENCY_QUIET`]. A waiter looks again whenever the webhook turns quiet or
-    /// busy; a permit already held is kept until its work is done.
+    /// A permit to work on a customer: one of [`CONCURRENCY`], or during a flood one of
+    /// [`CONCURRENCY_FLOOD`]. A waiter looks again whenever a flood starts or ends; a permit
+    /// already held is kept until its work is done.
     async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
         const OPEN: &str = "the worker's semaphores are never closed";
-        let mut quiet = self.quiet.subscribe();
+        let mut flood = self.flood.subscribe();
         loop {
-            let is_quiet = *quiet.borrow_and_update();
+            let flooded = *flood.borrow_and_update();
             tokio::select! {
                 biased;
                 p = self.permits.acquire() => return p.expect(OPEN),
-                // Before the quiet permits: a waiter that was let in by the quiet does not take
-                // one after the quiet has ended.
-                changed = quiet.changed() => if changed.is_err() {
+                // Before the calm permits: a waiter that was let in before the flood does not
+                // take one after it has started.
+                changed = flood.changed() => if changed.is_err() {
                     return self.permits.acquire().await.expect(OPEN);
                 },
-                p = self.quiet_permits.acquire(), if is_quiet => return p.expect(OPEN),
+                p = self.calm_permits.acquire(), if !flooded => return p.expect(OPEN),
             }
         }
     }
@@ -225,6 +244,15 @@ impl Dispatcher {
     }
 }
 
+/// A webhook delivery being recorded ([`Dispatcher::delivery_started`]).
+pub(super) struct Delivering<'a>(&'a Dispatcher);
+
+impl Drop for Delivering<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Starts the WhatsApp workers on `app`.
 pub fn spawn_workers(app: &crate::app::App, wa: Arc<WhatsApp>) {
     let w = wa.clone();
@@ -245,8 +273,8 @@ pub fn spawn_workers(app: &crate::app::App, wa: Arc<WhatsApp>) {
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     });
     let w = wa.clone();
-    app.spawn_worker("whatsapp-quiet", move |cancel| async move {
-        w.dispatcher.watch_quiet(&cancel).await;
+    app.spawn_worker("whatsapp-flood", move |cancel| async move {
+        w.dispatcher.watch_flood(&cancel).await;
     });
     let w = wa.clone();
     app.spawn_periodic("whatsapp-sweep", SWEEP_INTERVAL, move || {
@@ -990,45 +1018,73 @@ mod dispatcher_tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_worker_takes_more_customers_only_while_the_webhook_is_quiet() {
+    async fn the_worker_takes_fewer_customers_while_the_webhook_is_flooded() {
         let d = Arc::new(Dispatcher::default());
         let cancel = CancellationToken::new();
         let watcher = tokio::spawn({
             let (d, cancel) = (d.clone(), cancel.clone());
-            async move { d.watch_quiet(&cancel).await }
+            async move { d.watch_flood(&cancel).await }
         });
-        d.delivery_arrived();
+        // Calm, with deliveries arriving one at a time: 256 customers at most.
         let mut held = Vec::new();
         for _ in 0..CONCURRENCY {
+            drop(d.delivery_started());
             held.push(d.permit().await);
         }
-        // Deliveries keep arriving: the next customer waits for one of the 32.
         let mut next = Box::pin(d.permit());
-        for _ in 0..5 {
-            tokio::time::advance(QUIET / 2).await;
-            d.delivery_arrived();
-            assert!(granted(&mut next).await.is_none(), "busy: 32 at most");
-        }
-        // Quiet for long enough: the waiting customer goes ahead, and more, up to 256.
-        tokio::time::advance(QUIET).await;
+        assert!(granted(&mut next).await.is_none(), "calm: 256 at most");
+        // Deliveries recorded at once, but fewer than a flood's: still calm.
+        let mut delivering: Vec<_> = (1..FLOOD_IN_FLIGHT).map(|_| d.delivery_started()).collect();
+        held.pop();
         held.extend(granted(&mut next).await);
-        assert_eq!(held.len(), CONCURRENCY + 1, "quiet: a waiter is let in");
-        while held.len() < CONCURRENCY_QUIET {
+        assert_eq!(
+            held.len(),
+            CONCURRENCY,
+            "calm: a freed permit is handed out"
+        );
+
+        // One more at once is a flood: permits held stay held, but what is released beyond
+        // the flood's 2 is not handed out again.
+        delivering.push(d.delivery_started());
+        tokio::task::yield_now().await;
+        held.truncate(CONCURRENCY_FLOOD);
+        let mut next = Box::pin(d.permit());
+        assert!(granted(&mut next).await.is_none(), "flood: 2 at most");
+        // Deliveries keep finding the flood: it goes on past the hold.
+        for _ in 0..4 {
+            tokio::time::advance(FLOOD_HOLD / 2).await;
+            drop(d.delivery_started());
+            assert!(granted(&mut next).await.is_none(), "still flooded");
+        }
+        // The acknowledgements catch up; deliveries one at a time do not prolong the flood,
+        // which ends after the hold: the waiter goes ahead, and more, up to 256.
+        delivering.clear();
+        tokio::time::advance(FLOOD_HOLD / 2).await;
+        drop(d.delivery_started());
+        assert!(
+            granted(&mut next).await.is_none(),
+            "the hold is not over yet"
+        );
+        tokio::time::advance(FLOOD_HOLD / 2).await;
+        held.extend(granted(&mut next).await);
+        assert_eq!(
+            held.len(),
+            CONCURRENCY_FLOOD + 1,
+            "calm again: a waiter is let in"
+        );
+        while held.len() < CONCURRENCY {
             held.push(d.permit().await);
         }
-        let mut over = Box::pin(d.permit());
-        assert!(granted(&mut over).await.is_none(), "quiet: 256 at most");
-        // A delivery ends the quiet: permits held stay held, but what is released beyond the
-        // 32 is not handed out again until the webhook is quiet once more.
-        d.delivery_arrived();
-        tokio::task::yield_now().await;
-        held.truncate(CONCURRENCY);
-        assert!(granted(&mut over).await.is_none(), "busy again: 32 at most");
-        held.pop();
+        // One of the 2 always-usable permits freed during a flood is handed out.
+        let _flood: Vec<_> = (0..FLOOD_IN_FLIGHT).map(|_| d.delivery_started()).collect();
+        let mut next = Box::pin(d.permit());
+        held.truncate(CONCURRENCY_FLOOD);
         assert!(
-            granted(&mut over).await.is_some(),
-            "one of the 32 was freed"
+            granted(&mut next).await.is_none(),
+            "flooded again: 2 at most"
         );
+        held.pop();
+        assert!(granted(&mut next).await.is_some(), "one of the 2 was freed");
         cancel.cancel();
         watcher.await.unwrap();
     }
