@@ -116,9 +116,18 @@ impl Dispatcher {
             self.last_flood_ms.fetch_max(now, Ordering::Relaxed);
             // A look first: during a flood every delivery gets here, and sending takes the
             // watch's write lock.
-            if !*self.flood.borrow() {
-                self.flood
-                    .send_if_modified(|flood| !std::mem::replace(flood, true));
+            if !*self.flood.borrow()
+                && self
+                    .flood
+                    .send_if_modified(|flood| !std::mem::replace(flood, true))
+            {
+                metrics::counter!("handoff_whatsapp_floods_total").increment(1);
+                metrics::gauge!("handoff_whatsapp_flood").set(1.0);
+                tracing::info!(
+                    in_flight,
+                    customers_at_once = CONCURRENCY_FLOOD,
+                    "webhook flood: the inbox worker steps aside until acknowledgements catch up"
+                );
             }
         }
         Delivering(self)
@@ -135,6 +144,7 @@ impl Dispatcher {
                     changed = flood.changed() => if changed.is_err() { return },
                 }
             }
+            let began = Instant::now();
             loop {
                 let last = Duration::from_millis(self.last_flood_ms.load(Ordering::Relaxed));
                 let over_at = self.started + last + FLOOD_HOLD;
@@ -152,6 +162,12 @@ impl Dispatcher {
             let last = Duration::from_millis(self.last_flood_ms.load(Ordering::Relaxed));
             if Instant::now() < self.started + last + FLOOD_HOLD {
                 self.flood.send_replace(true);
+            } else {
+                metrics::gauge!("handoff_whatsapp_flood").set(0.0);
+                tracing::info!(
+                    seconds = began.elapsed().as_secs_f64(),
+                    "webhook flood over: the inbox worker takes up to {CONCURRENCY} customers again"
+                );
             }
         }
     }
@@ -1087,6 +1103,28 @@ mod dispatcher_tests {
         assert!(granted(&mut next).await.is_some(), "one of the 2 was freed");
         cancel.cancel();
         watcher.await.unwrap();
+    }
+
+    #[test]
+    fn a_flood_is_counted_once_however_many_deliveries_find_it() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let d = Dispatcher::default();
+            let calm: Vec<_> = (1..FLOOD_IN_FLIGHT).map(|_| d.delivery_started()).collect();
+            assert!(!*d.flood.borrow(), "below the threshold: calm");
+            let flood: Vec<_> = (0..20).map(|_| d.delivery_started()).collect();
+            assert!(*d.flood.borrow());
+            drop((calm, flood));
+            assert_eq!(
+                d.in_flight.load(Ordering::Relaxed),
+                0,
+                "every guard counted out"
+            );
+        });
+        let text = handle.render();
+        assert!(text.contains("handoff_whatsapp_floods_total 1\n"), "{text}");
+        assert!(text.contains("handoff_whatsapp_flood 1\n"), "{text}");
     }
 
     #[test]
