@@ -56,12 +56,15 @@ pub static INBOX_LOG_TOTALS: WriterTotals = WriterTotals::new();
 
 /// When the log's contents move into redb.
 ///
-/// A checkpoint writes its entries and keys into redb's B-trees and syncs them, and an
-/// acknowledgement whose log sync meets that flush at the disk waits for it: ack-only ingest
-/// here gave p99 11.4 ms with checkpoints every 4,096 changes, 8–9.5 ms every 16,384, and
-/// 6.8 ms with none (docs/performance.md, sixth session). Fewer, larger checkpoints also
-/// leave more entries to be completed before they reach redb at all. 16,384 changes are
-/// about 8,000 deliveries, a few megabytes in memory and in the log to replay.
+/// A checkpoint writes its entries and keys into redb's B-trees and syncs them, and a log
+/// sync that meets that flush at the disk waits for it: every acknowledgement in flight then
+/// waits too. With 16,384 changes a checkpoint's commit took 65–75 ms and the log syncs
+/// beside its flush 15–17.5 ms (against ≈ 0.5 ms otherwise). Smaller checkpoints flush less
+/// at a time: with the inbox worker running, ingest p99 was 8.0–10.9 ms every 4,096 changes
+/// against 8.8–12.8 ms every 16,384 (6 alternating pairs), at the same rate. Ack-only, without
+/// the worker's commits, the larger ones do better (p99 6.9–7.6 against 7.5–9.1 ms), as the
+/// sixth session found; the worker runs in production (docs/performance.md, eleventh session).
+/// 4,096 changes are about 2,000 deliveries, a megabyte or so in memory and in the log.
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning {
     /// Changes (entries, keys, completions) since the last checkpoint that start the next.
@@ -75,7 +78,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            checkpoint_records: 16_384,
+            checkpoint_records: 4_096,
             checkpoint_every: Duration::from_secs(2),
             segment_bytes: 64 << 20,
         }
