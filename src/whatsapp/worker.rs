@@ -45,7 +45,9 @@ const CONCURRENCY: usize = 256;
 const CONCURRENCY_FLOOD: usize = 2;
 /// Acknowledgements being recorded at once that mark a flood: the acknowledgement path has
 /// work queued. Unreached at ordinary rates (a delivery is durable within a millisecond or
-/// two), reached long before acknowledgements get slow.
+/// two), reached long before acknowledgements get slow: about 5,000 deliveries a second on the
+/// embedded store here. With Cosmos DB, where an append is a network round trip (5–20 ms), a
+/// replica reaches it at a few hundred a second.
 const FLOOD_IN_FLIGHT: usize = 8;
 /// A flood is over once no delivery has found one for this long.
 const FLOOD_HOLD: Duration = Duration::from_millis(250);
