@@ -38,11 +38,15 @@ const ATTEMPTS: u32 = 3;
 /// agent's model), so many at once drain a backlog sooner and keep a slow model from capping
 /// the answers a second; a task waiting out a burst holds no permit.
 const CONCURRENCY: usize = 256;
-/// Customers handled at the same moment during a flood of webhook deliveries. The backlog is
-/// durable, so it waits: the cores and the disk go to acknowledging, and a customer's messages
-/// queue up and are then applied in one write instead of many (docs/performance.md, eleventh
-/// session).
-const CONCURRENCY_FLOOD: usize = 2;
+/// During a flood of webhook deliveries the worker starts one piece of work (a run of a
+/// customer's entries, or an answer) at most this often, however many are under way. The
+/// backlog is durable, so it waits: the cores and the disk go to acknowledging, and a
+/// customer's messages queue up and are then applied in one write instead of many. Pacing the
+/// starts bounds the worker's writes during a flood (about 2 each) without capping how many
+/// slow answers (a model's seconds) may be awaited at once; a cap of 2 customers at a time,
+/// the eleventh session's rule, still cost acknowledgements a fifth (docs/performance.md,
+/// twelfth session).
+const FLOOD_PACE: Duration = Duration::from_millis(10);
 /// Acknowledgements being recorded at once that mark a flood: the acknowledgement path has
 /// work queued. Unreached at ordinary rates (a delivery is durable within a millisecond or
 /// two), reached long before acknowledgements get slow: about 5,000 deliveries a second on the
@@ -57,10 +61,11 @@ const LEASE_TTL: Duration = Duration::from_secs(60);
 pub(super) struct Dispatcher {
     inner: Mutex<DispatchState>,
     wake: tokio::sync::Notify,
-    /// [`CONCURRENCY_FLOOD`] permits, always usable.
+    /// [`CONCURRENCY`] permits.
     permits: tokio::sync::Semaphore,
-    /// The permits up to [`CONCURRENCY`], usable unless the webhook is flooded.
-    calm_permits: tokio::sync::Semaphore,
+    /// Notified every [`FLOOD_PACE`] while the webhook is flooded: one waiting piece of work
+    /// goes ahead (tokio's `Notify` wakes waiters in the order they came).
+    pace: tokio::sync::Notify,
     /// Whether the webhook is flooded; set by a delivery, cleared by
     /// [`Dispatcher::watch_flood`].
     flood: tokio::sync::watch::Sender<bool>,
@@ -76,8 +81,8 @@ impl Default for Dispatcher {
         Self {
             inner: Mutex::default(),
             wake: tokio::sync::Notify::new(),
-            permits: tokio::sync::Semaphore::new(CONCURRENCY_FLOOD),
-            calm_permits: tokio::sync::Semaphore::new(CONCURRENCY - CONCURRENCY_FLOOD),
+            permits: tokio::sync::Semaphore::new(CONCURRENCY),
+            pace: tokio::sync::Notify::new(),
             flood: tokio::sync::watch::Sender::new(false),
             in_flight: AtomicUsize::new(0),
             last_flood_ms: AtomicU64::new(0),
@@ -109,8 +114,8 @@ struct DispatchState {
 impl Dispatcher {
     /// A webhook delivery is being recorded (the worker's own sandbox statuses and the sweep
     /// do not count) until the guard is dropped. One that finds [`FLOOD_IN_FLIGHT`] being
-    /// recorded, itself included, declares a flood: the worker keeps to
-    /// [`CONCURRENCY_FLOOD`] until none has found one for [`FLOOD_HOLD`].
+    /// recorded, itself included, declares a flood: the worker starts work at the
+    /// [`FLOOD_PACE`] until none has found one for [`FLOOD_HOLD`].
     pub(super) fn delivery_started(&self) -> Delivering<'_> {
         let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         if in_flight >= FLOOD_IN_FLIGHT {
@@ -127,7 +132,7 @@ impl Dispatcher {
                 metrics::gauge!("handoff_whatsapp_flood").set(1.0);
                 tracing::info!(
                     in_flight,
-                    customers_at_once = CONCURRENCY_FLOOD,
+                    pace_ms = FLOOD_PACE.as_millis() as u64,
                     "webhook flood: the inbox worker steps aside until acknowledgements catch up"
                 );
             }
@@ -147,6 +152,7 @@ impl Dispatcher {
                 }
             }
             let began = Instant::now();
+            let mut next_start = began + FLOOD_PACE;
             loop {
                 let last = Duration::from_millis(self.last_flood_ms.load(Ordering::Relaxed));
                 let over_at = self.started + last + FLOOD_HOLD;
@@ -155,7 +161,12 @@ impl Dispatcher {
                 }
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    () = tokio::time::sleep_until(over_at) => {}
+                    () = tokio::time::sleep_until(over_at.min(next_start)) => {}
+                }
+                if Instant::now() >= next_start {
+                    // No waiter: the next to come goes ahead at once (one stored, at most).
+                    self.pace.notify_one();
+                    next_start = Instant::now() + FLOOD_PACE;
                 }
             }
             self.flood.send_replace(false);
@@ -168,29 +179,34 @@ impl Dispatcher {
                 metrics::gauge!("handoff_whatsapp_flood").set(0.0);
                 tracing::info!(
                     seconds = began.elapsed().as_secs_f64(),
-                    "webhook flood over: the inbox worker takes up to {CONCURRENCY} customers again"
+                    "webhook flood over: the inbox worker is back to full speed"
                 );
             }
         }
     }
 
-    /// A permit to work on a customer: one of [`CONCURRENCY`], or during a flood one of
-    /// [`CONCURRENCY_FLOOD`]. A waiter looks again whenever a flood starts or ends; a permit
-    /// already held is kept until its work is done.
+    /// A permit for a piece of work on a customer, one of [`CONCURRENCY`]; during a flood,
+    /// only once the [`FLOOD_PACE`] lets it go ahead. A waiter looks again whenever a flood
+    /// starts or ends; a permit already held is kept until its work is done.
     async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
-        const OPEN: &str = "the worker's semaphores are never closed";
+        const OPEN: &str = "the worker's semaphore is never closed";
         let mut flood = self.flood.subscribe();
         loop {
-            let flooded = *flood.borrow_and_update();
+            while *flood.borrow_and_update() {
+                // A notification taken by a waiter dropped here is passed on to the next one.
+                tokio::select! {
+                    () = self.pace.notified() => break,
+                    changed = flood.changed() => if changed.is_err() { break },
+                }
+            }
             tokio::select! {
+                // First: a permit released after a flood began goes to the pace's turn, not to
+                // a waiter queued before it.
                 biased;
-                p = self.permits.acquire() => return p.expect(OPEN),
-                // Before the calm permits: a waiter that was let in before the flood does not
-                // take one after it has started.
                 changed = flood.changed() => if changed.is_err() {
                     return self.permits.acquire().await.expect(OPEN);
                 },
-                p = self.calm_permits.acquire(), if !flooded => return p.expect(OPEN),
+                p = self.permits.acquire() => return p.expect(OPEN),
             }
         }
     }
@@ -1022,87 +1038,117 @@ mod dispatcher_tests {
         }
     }
 
-    /// Whether `permit` is granted without waiting (after letting other tasks run).
-    async fn granted<'a>(
-        permit: &mut std::pin::Pin<
-            Box<impl std::future::Future<Output = tokio::sync::SemaphorePermit<'a>>>,
-        >,
-    ) -> Option<tokio::sync::SemaphorePermit<'a>> {
-        tokio::select! {
-            biased;
-            p = permit.as_mut() => Some(p),
-            () = tokio::time::sleep(Duration::from_millis(1)) => None,
+    type Waiter<'a> = std::pin::Pin<
+        Box<dyn std::future::Future<Output = tokio::sync::SemaphorePermit<'a>> + Send + 'a>,
+    >;
+
+    /// Work waiting for its permit; `None` once granted.
+    fn waiters(d: &Dispatcher, n: usize) -> Vec<Option<Waiter<'_>>> {
+        (0..n)
+            .map(|_| Some(Box::pin(d.permit()) as Waiter<'_>))
+            .collect()
+    }
+
+    /// Lets the flood watcher run, then moves the permits granted since into `held`; returns
+    /// how many were.
+    async fn grant<'a>(
+        waiting: &mut [Option<Waiter<'a>>],
+        held: &mut Vec<tokio::sync::SemaphorePermit<'a>>,
+    ) -> usize {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
         }
+        let before = held.len();
+        for slot in waiting.iter_mut() {
+            if let Some(waiter) = slot
+                // Unconstrained: tokio's budget would refuse the 129th acquire in one poll.
+                && let Some(permit) =
+                    futures::FutureExt::now_or_never(tokio::task::unconstrained(waiter.as_mut()))
+            {
+                held.push(permit);
+                *slot = None;
+            }
+        }
+        held.len() - before
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_worker_takes_fewer_customers_while_the_webhook_is_flooded() {
+    async fn the_worker_paces_its_work_while_the_webhook_is_flooded() {
         let d = Arc::new(Dispatcher::default());
         let cancel = CancellationToken::new();
         let watcher = tokio::spawn({
             let (d, cancel) = (d.clone(), cancel.clone());
             async move { d.watch_flood(&cancel).await }
         });
-        // Calm, with deliveries arriving one at a time: 256 customers at most.
+        // Calm, with deliveries arriving one at a time: 256 pieces of work at once, no more.
         let mut held = Vec::new();
-        for _ in 0..CONCURRENCY {
-            drop(d.delivery_started());
-            held.push(d.permit().await);
-        }
-        let mut next = Box::pin(d.permit());
-        assert!(granted(&mut next).await.is_none(), "calm: 256 at most");
+        let mut waiting = waiters(&d, CONCURRENCY + 1);
+        drop(d.delivery_started());
+        assert_eq!(grant(&mut waiting, &mut held).await, CONCURRENCY, "calm");
         // Deliveries recorded at once, but fewer than a flood's: still calm.
         let mut delivering: Vec<_> = (1..FLOOD_IN_FLIGHT).map(|_| d.delivery_started()).collect();
         held.pop();
-        held.extend(granted(&mut next).await);
         assert_eq!(
-            held.len(),
-            CONCURRENCY,
-            "calm: a freed permit is handed out"
+            grant(&mut waiting, &mut held).await,
+            1,
+            "calm: a freed permit is handed out at once"
         );
 
-        // One more at once is a flood: permits held stay held, but what is released beyond
-        // the flood's 2 is not handed out again.
+        // One more at once is a flood: permits held stay held, and new work waits for the
+        // pace, one piece every 10 ms in the order it came, however many are under way.
         delivering.push(d.delivery_started());
-        tokio::task::yield_now().await;
-        held.truncate(CONCURRENCY_FLOOD);
-        let mut next = Box::pin(d.permit());
-        assert!(granted(&mut next).await.is_none(), "flood: 2 at most");
-        // Deliveries keep finding the flood: it goes on past the hold.
-        for _ in 0..4 {
-            tokio::time::advance(FLOOD_HOLD / 2).await;
+        held.clear();
+        let mut waiting = waiters(&d, 3);
+        assert_eq!(grant(&mut waiting, &mut held).await, 0, "flood: work waits");
+        for n in 1..=3 {
+            tokio::time::advance(FLOOD_PACE).await;
+            // Deliveries keep finding the flood.
             drop(d.delivery_started());
-            assert!(granted(&mut next).await.is_none(), "still flooded");
+            assert_eq!(grant(&mut waiting, &mut held).await, 1, "one per pace");
+            assert!(waiting[..n].iter().all(Option::is_none), "in order");
+        }
+        assert_eq!(held.len(), 3, "not capped: all three under way");
+        // The flood goes on past the hold while deliveries find it.
+        let mut waiting = waiters(&d, 100);
+        let paces = (FLOOD_HOLD.as_millis() / FLOOD_PACE.as_millis()) as usize * 2;
+        for _ in 0..paces {
+            tokio::time::advance(FLOOD_PACE).await;
+            drop(d.delivery_started());
+            assert_eq!(grant(&mut waiting, &mut held).await, 1, "still paced");
         }
         // The acknowledgements catch up; deliveries one at a time do not prolong the flood,
-        // which ends after the hold: the waiter goes ahead, and more, up to 256.
+        // which ends after the hold, when everything waiting goes ahead at once.
         delivering.clear();
-        tokio::time::advance(FLOOD_HOLD / 2).await;
         drop(d.delivery_started());
-        assert!(
-            granted(&mut next).await.is_none(),
-            "the hold is not over yet"
-        );
-        tokio::time::advance(FLOOD_HOLD / 2).await;
-        held.extend(granted(&mut next).await);
-        assert_eq!(
-            held.len(),
-            CONCURRENCY_FLOOD + 1,
-            "calm again: a waiter is let in"
-        );
-        while held.len() < CONCURRENCY {
-            held.push(d.permit().await);
+        let mut paced = 0;
+        for _ in 0..(FLOOD_HOLD.as_millis() / FLOOD_PACE.as_millis()) - 1 {
+            tokio::time::advance(FLOOD_PACE).await;
+            paced += grant(&mut waiting, &mut held).await;
         }
-        // One of the 2 always-usable permits freed during a flood is handed out.
-        let _flood: Vec<_> = (0..FLOOD_IN_FLIGHT).map(|_| d.delivery_started()).collect();
-        let mut next = Box::pin(d.permit());
-        held.truncate(CONCURRENCY_FLOOD);
-        assert!(
-            granted(&mut next).await.is_none(),
-            "flooded again: 2 at most"
+        assert!(paced <= 24, "paced until the hold is over: {paced}");
+        tokio::time::advance(FLOOD_PACE).await;
+        assert_eq!(
+            grant(&mut waiting, &mut held).await,
+            100 - paces - paced,
+            "calm again: the rest go ahead"
         );
-        held.pop();
-        assert!(granted(&mut next).await.is_some(), "one of the 2 was freed");
+        assert!(waiting.iter().all(Option::is_none));
+
+        // Permits held when a flood begins stay held; a waiter already queued for a permit
+        // waits for the pace.
+        held.truncate(CONCURRENCY);
+        let mut waiting = waiters(&d, CONCURRENCY - held.len() + 1);
+        grant(&mut waiting, &mut held).await;
+        assert_eq!(held.len(), CONCURRENCY);
+        let _flood: Vec<_> = (0..FLOOD_IN_FLIGHT).map(|_| d.delivery_started()).collect();
+        held.truncate(10);
+        assert_eq!(
+            grant(&mut waiting, &mut held).await,
+            0,
+            "flooded again: the queued waiter waits for the pace"
+        );
+        tokio::time::advance(FLOOD_PACE).await;
+        assert_eq!(grant(&mut waiting, &mut held).await, 1);
         cancel.cancel();
         watcher.await.unwrap();
     }
