@@ -24,7 +24,7 @@ use crate::domain::{
 use crate::domain::{CustomerId, DeliveryStatus};
 use crate::handoff::tools::ConversationTools;
 use crate::store::StoreError;
-use crate::store::inbox::{EntryKey, InboxEntry, InboxEvent, NewEntry};
+use crate::store::inbox::{EntryKey, Inbox, InboxEntry, InboxEvent, NewEntry};
 
 /// How often pending entries are swept (and at start-up).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -185,6 +185,19 @@ impl Dispatcher {
         }
     }
 
+    /// Tells `inbox` whenever a flood begins or ends, so that its upkeep waits for the end;
+    /// runs until `cancel`.
+    pub(super) async fn tell_inbox(&self, inbox: &dyn Inbox, cancel: &CancellationToken) {
+        let mut flood = self.flood.subscribe();
+        loop {
+            inbox.set_flooded(*flood.borrow_and_update());
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                changed = flood.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
     /// A permit for a piece of work on a customer, one of [`CONCURRENCY`]; during a flood,
     /// only once the [`FLOOD_PACE`] lets it go ahead. A waiter looks again whenever a flood
     /// starts or ends; a permit already held is kept until its work is done.
@@ -308,7 +321,10 @@ pub fn spawn_workers(app: &crate::app::App, wa: Arc<WhatsApp>) {
     });
     let w = wa.clone();
     app.spawn_worker("whatsapp-flood", move |cancel| async move {
-        w.dispatcher.watch_flood(&cancel).await;
+        tokio::join!(
+            w.dispatcher.watch_flood(&cancel),
+            w.dispatcher.tell_inbox(w.inbox.as_ref(), &cancel),
+        );
     });
     let w = wa.clone();
     app.spawn_periodic("whatsapp-sweep", SWEEP_INTERVAL, move || {
@@ -1151,6 +1167,54 @@ mod dispatcher_tests {
         assert_eq!(grant(&mut waiting, &mut held).await, 1);
         cancel.cancel();
         watcher.await.unwrap();
+    }
+
+    /// An inbox that only notes what it is told of floods.
+    #[derive(Default)]
+    struct FloodNotes(Mutex<Vec<bool>>);
+
+    #[async_trait::async_trait]
+    impl Inbox for FloodNotes {
+        async fn append(
+            &self,
+            _: Vec<NewEntry>,
+        ) -> Result<Vec<crate::store::inbox::Appended>, StoreError> {
+            Err(StoreError::unavailable("test", "not an inbox"))
+        }
+        async fn pending(&self, _: usize) -> Result<Vec<InboxEntry>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn complete(&self, _: Vec<EntryKey>) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn set_flooded(&self, flooded: bool) {
+            self.0.lock().unwrap().push(flooded);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_inbox_hears_when_a_flood_begins_and_ends() {
+        let d = Arc::new(Dispatcher::default());
+        let inbox = Arc::new(FloodNotes::default());
+        let cancel = CancellationToken::new();
+        let tasks = tokio::spawn({
+            let (d, inbox, cancel) = (d.clone(), inbox.clone(), cancel.clone());
+            async move {
+                tokio::join!(
+                    d.watch_flood(&cancel),
+                    d.tell_inbox(inbox.as_ref(), &cancel)
+                );
+            }
+        });
+        tokio::task::yield_now().await;
+        let flood: Vec<_> = (0..FLOOD_IN_FLIGHT).map(|_| d.delivery_started()).collect();
+        tokio::task::yield_now().await;
+        assert_eq!(*inbox.0.lock().unwrap(), vec![false, true]);
+        drop(flood);
+        tokio::time::sleep(FLOOD_HOLD * 2).await;
+        assert_eq!(*inbox.0.lock().unwrap(), vec![false, true, false]);
+        cancel.cancel();
+        tasks.await.unwrap();
     }
 
     #[test]

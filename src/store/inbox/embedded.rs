@@ -12,10 +12,13 @@
 //! What the log holds since the last checkpoint (entries, claimed keys, completions) is kept
 //! in memory as the *active* delta. Every `checkpoint_records` changes or `checkpoint_every`,
 //! the thread freezes the delta at the log's current position and hands it to redb's
-//! group-commit writer as one job (entries still pending into `inbox`, keys into
-//! `inbox_keys`, completed rows removed, and the position to replay from into
-//! `whatsapp_meta`); once that commit is durable, segments wholly before the position are
-//! deleted. A segment is closed at `segment_bytes`, so starting one (a new file and a sync of
+//! group-commit writer (entries still pending into `inbox`, keys into `inbox_keys`, completed
+//! rows removed), `checkpoint_records` changes per transaction, so that no checkpoint holds
+//! the writer longer than one of that size; the last transaction also records the position to
+//! replay from in `whatsapp_meta`. Once it is durable, segments wholly before the position are
+//! deleted. While the webhook is flooded ([`Inbox::set_flooded`]) checkpoints wait for
+//! `flood_checkpoint_records` changes or `flood_checkpoint_every`, so that their B-tree work
+//! and their flush come after the flood rather than in the middle of it. A segment is closed at `segment_bytes`, so starting one (a new file and a sync of
 //! its directory, several milliseconds here) is rare rather than once per checkpoint. An entry
 //! that is completed before its checkpoint never reaches redb at all. A failed checkpoint
 //! merges the frozen delta back; the next one carries both.
@@ -26,6 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -65,12 +69,24 @@ pub static INBOX_LOG_TOTALS: WriterTotals = WriterTotals::new();
 /// the worker's commits, the larger ones do better (p99 6.9–7.6 against 7.5–9.1 ms), as the
 /// sixth session found; the worker runs in production (docs/performance.md, eleventh session).
 /// 4,096 changes are about 2,000 deliveries, a megabyte or so in memory and in the log.
+///
+/// During a flood a checkpoint takes what acknowledgements need most: at 4,096 changes they
+/// came several times a second, and their B-tree inserts were most of redb's writer's CPU. So
+/// while the webhook is flooded they wait, up to 65,536 changes (about 30,000 deliveries, some
+/// 40 MB in memory, a second or two to replay after a crash) or 30 s: a burst is acknowledged
+/// with no checkpoint beside it, and a longer flood checkpoints 16 times less often, each key
+/// page rewritten once for more keys (docs/performance.md, twelfth session).
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning {
-    /// Changes (entries, keys, completions) since the last checkpoint that start the next.
+    /// Changes (entries, keys, completions) since the last checkpoint that start the next,
+    /// and the most one of its transactions writes.
     pub checkpoint_records: usize,
     /// The longest a change waits for its checkpoint.
     pub checkpoint_every: Duration,
+    /// `checkpoint_records` while the webhook is flooded.
+    pub flood_checkpoint_records: usize,
+    /// `checkpoint_every` while the webhook is flooded.
+    pub flood_checkpoint_every: Duration,
     /// A segment this large is closed and the next one started.
     pub segment_bytes: u64,
 }
@@ -80,6 +96,8 @@ impl Default for Tuning {
         Self {
             checkpoint_records: 4_096,
             checkpoint_every: Duration::from_secs(2),
+            flood_checkpoint_records: 65_536,
+            flood_checkpoint_every: Duration::from_secs(30),
             segment_bytes: 64 << 20,
         }
     }
@@ -97,6 +115,8 @@ struct Shared {
     db: EmbeddedDb,
     dir: PathBuf,
     state: Mutex<State>,
+    /// The webhook is flooded ([`Inbox::set_flooded`]): checkpoints wait longer.
+    flooded: AtomicBool,
 }
 
 #[derive(Default)]
@@ -115,9 +135,14 @@ struct Delta {
     entries: BTreeMap<u64, Vec<u8>>,
     /// Dedupe keys claimed → expiry (ms since the epoch).
     keys: HashMap<String, u64>,
-    /// Completed entries that are not in `entries` (in redb, or in the frozen delta).
+    /// Completed entries that are not in `entries` (in redb, or in the frozen delta), or that
+    /// may be in redb although they are (see `maybe_written`).
     completed: BTreeSet<u64>,
     last_seq: u64,
+    /// Entries up to this seq may already be in redb although they are in `entries`: a
+    /// checkpoint is written in parts, and one that failed, or a process that stopped, part
+    /// way left some of them there. Completing one of them must remove its row too.
+    maybe_written: u64,
 }
 
 impl Delta {
@@ -125,14 +150,20 @@ impl Delta {
         self.entries.len() + self.keys.len() + self.completed.len()
     }
 
+    /// An entry is completed. One that this delta holds and that never reached redb is simply
+    /// forgotten: it never reaches redb at all.
     fn complete(&mut self, seq: u64) {
-        if self.entries.remove(&seq).is_none() {
+        if self.entries.remove(&seq).is_none() || seq <= self.maybe_written {
             self.completed.insert(seq);
         }
     }
 
-    /// Adds the changes of a later delta.
+    /// Adds the changes of a later delta to one whose checkpoint failed, part way or not.
     fn absorb(&mut self, later: Delta) {
+        self.maybe_written = self
+            .maybe_written
+            .max(self.last_seq)
+            .max(later.maybe_written);
         self.entries.extend(later.entries);
         self.keys.extend(later.keys);
         for seq in later.completed {
@@ -228,6 +259,7 @@ impl EmbeddedInbox {
             db,
             dir,
             state: Mutex::default(),
+            flooded: AtomicBool::new(false),
         });
         let (ops, rx) = mpsc::channel();
         let thread_shared = shared.clone();
@@ -242,7 +274,7 @@ impl EmbeddedInbox {
                     last_checkpoint: Instant::now(),
                     buf: Vec::with_capacity(1 << 16),
                     checkpointed: mpsc::channel(),
-                    checkpoint_in_flight: false,
+                    checkpoint: None,
                 }
                 .run(&rx);
             })
@@ -274,7 +306,12 @@ fn replay(dir: &Path, from: Position) -> Result<(Delta, u64), StoreError> {
     };
     std::fs::create_dir_all(dir).map_err(io)?;
     let generations = log::generations(dir).map_err(io)?;
-    let mut delta = Delta::default();
+    // What the log holds since the position may be in redb in part: a checkpoint written in
+    // parts, stopped before its last.
+    let mut delta = Delta {
+        maybe_written: u64::MAX,
+        ..Delta::default()
+    };
     for &g in generations.iter().filter(|g| **g >= from.generation) {
         let bytes = log::read_segment(dir, g).map_err(io)?;
         let skip = if g == from.generation {
@@ -349,31 +386,55 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Writes a delta into redb: entries still pending, keys, completed rows removed, and the
-/// position replay starts from. Every step is idempotent, so a checkpoint that failed half
-/// way is simply written again.
+/// Writes a whole delta into redb and the position replay starts from (see [`write_changes`]).
 fn write_checkpoint(
     txn: &WriteTransaction,
     delta: &Delta,
     from: Position,
 ) -> Result<(), StoreError> {
+    write_changes(txn, delta, 0..usize::MAX, Some(from))
+}
+
+/// Writes the changes of a delta numbered `range` (entries still pending, then keys, then
+/// completed rows removed, in the delta's own order) into redb, and with `done` the position
+/// replay starts from. Every step is idempotent, so a checkpoint that failed half way, or
+/// whose last part never came, is simply written again from the old position.
+fn write_changes(
+    txn: &WriteTransaction,
+    delta: &Delta,
+    range: std::ops::Range<usize>,
+    done: Option<Position>,
+) -> Result<(), StoreError> {
     let mut inbox = txn.open_table(INBOX).map_err(be)?;
     let mut keys = txn.open_table(INBOX_KEYS).map_err(be)?;
-    let mut meta = txn.open_table(META).map_err(be)?;
-    for (seq, bytes) in &delta.entries {
-        inbox.insert(*seq, bytes.as_slice()).map_err(be)?;
+    let changes = delta
+        .entries
+        .iter()
+        .map(|(seq, bytes)| Change::Entry(*seq, bytes))
+        .chain(delta.keys.iter().map(|(key, exp)| Change::Key(key, *exp)))
+        .chain(delta.completed.iter().map(|seq| Change::Completed(*seq)));
+    for change in changes.skip(range.start).take(range.len()) {
+        match change {
+            Change::Entry(seq, bytes) => inbox.insert(seq, bytes.as_slice()).map(drop),
+            Change::Key(key, expires) => keys.insert(key.as_str(), expires).map(drop),
+            Change::Completed(seq) => inbox.remove(seq).map(drop),
+        }
+        .map_err(be)?;
     }
-    for seq in &delta.completed {
-        inbox.remove(*seq).map_err(be)?;
+    if let Some(from) = done {
+        let mut meta = txn.open_table(META).map_err(be)?;
+        let seq = meta.get(SEQ).map_err(be)?.map_or(0, |v| v.value());
+        meta.insert(SEQ, seq.max(delta.last_seq)).map_err(be)?;
+        meta.insert(GENERATION, from.generation).map_err(be)?;
+        meta.insert(OFFSET, from.offset).map_err(be)?;
     }
-    for (key, expires) in &delta.keys {
-        keys.insert(key.as_str(), *expires).map_err(be)?;
-    }
-    let seq = meta.get(SEQ).map_err(be)?.map_or(0, |v| v.value());
-    meta.insert(SEQ, seq.max(delta.last_seq)).map_err(be)?;
-    meta.insert(GENERATION, from.generation).map_err(be)?;
-    meta.insert(OFFSET, from.offset).map_err(be)?;
     Ok(())
+}
+
+enum Change<'a> {
+    Entry(u64, &'a Vec<u8>),
+    Key(&'a String, u64),
+    Completed(u64),
 }
 
 /// An operation's outcome, answered once its batch is on disk.
@@ -403,10 +464,21 @@ struct LogWriter {
     /// here: a completion holding the inbox itself could drop the last handle on the store
     /// on the writer thread, whose drop joins that very thread.
     checkpointed: (CheckpointDone, mpsc::Receiver<CheckpointOutcome>),
-    checkpoint_in_flight: bool,
+    checkpoint: Option<Checkpoint>,
 }
 
-type CheckpointOutcome = (Result<(), StoreError>, Position);
+/// A checkpoint being written, one transaction at a time.
+struct Checkpoint {
+    frozen: Arc<Delta>,
+    /// Where replay starts once it is written.
+    from: Position,
+    /// Changes written so far, and in all.
+    written: usize,
+    total: usize,
+}
+
+/// A checkpoint transaction's outcome, and the changes written once it is committed.
+type CheckpointOutcome = (Result<(), StoreError>, usize);
 type CheckpointDone = mpsc::Sender<CheckpointOutcome>;
 
 /// While a checkpoint is in flight, how often the idle log thread looks for its outcome.
@@ -415,7 +487,7 @@ const CHECKPOINT_POLL: Duration = Duration::from_millis(5);
 impl LogWriter {
     fn run(mut self, ops: &mpsc::Receiver<Op>) {
         loop {
-            let idle = if self.checkpoint_in_flight {
+            let idle = if self.checkpoint.is_some() {
                 CHECKPOINT_POLL.min(self.tuning.checkpoint_every)
             } else {
                 self.tuning.checkpoint_every
@@ -440,9 +512,8 @@ impl LogWriter {
             {
                 tracing::warn!(error = %err, "cannot start the next inbox log segment; the current one goes on");
             }
-            while let Ok((result, from)) = self.checkpointed.1.try_recv() {
-                self.checkpoint_in_flight = false;
-                finish_checkpoint(&self.shared, result, from);
+            while let Ok((result, written)) = self.checkpointed.1.try_recv() {
+                self.checkpoint_written(result, written);
             }
             self.maybe_checkpoint();
         }
@@ -628,16 +699,27 @@ impl LogWriter {
     }
 
     /// Moves the changes since the last checkpoint into redb when enough have gathered or
-    /// the oldest has waited long enough, unless a checkpoint is still being written.
+    /// the oldest has waited long enough (longer while the webhook is flooded), unless a
+    /// checkpoint is still being written.
     fn maybe_checkpoint(&mut self) {
+        if self.checkpoint.is_some() {
+            return;
+        }
+        let (records, every) = if self.shared.flooded.load(Ordering::Relaxed) {
+            (
+                self.tuning.flood_checkpoint_records,
+                self.tuning.flood_checkpoint_every,
+            )
+        } else {
+            (self.tuning.checkpoint_records, self.tuning.checkpoint_every)
+        };
         let due = {
             let state = lock(&self.shared.state);
             let changes = state.active.changes();
             state.frozen.is_none()
                 && state.broken.is_none()
                 && changes > 0
-                && (changes >= self.tuning.checkpoint_records
-                    || self.last_checkpoint.elapsed() >= self.tuning.checkpoint_every)
+                && (changes >= records || self.last_checkpoint.elapsed() >= every)
         };
         if !due {
             return;
@@ -651,19 +733,58 @@ impl LogWriter {
             state.frozen = Some(frozen.clone());
             frozen
         };
+        let total = frozen.changes();
+        metrics::histogram!("handoff_inbox_checkpoint_changes").record(total as f64);
+        self.checkpoint = Some(Checkpoint {
+            frozen,
+            from,
+            written: 0,
+            total,
+        });
+        self.write_next_part();
+    }
+
+    /// Hands the checkpoint's next transaction to redb's writer.
+    fn write_next_part(&mut self) {
+        let Some(checkpoint) = &self.checkpoint else {
+            return;
+        };
+        let start = checkpoint.written;
+        let end = start
+            .saturating_add(self.tuning.checkpoint_records.max(1))
+            .min(checkpoint.total);
+        let done = (end == checkpoint.total).then_some(checkpoint.from);
+        let frozen = checkpoint.frozen.clone();
         // The outcome comes back to this thread (see `checkpointed`). An inbox closed before
         // it arrives leaves its segments to the next start, which knows the checkpoint.
-        let done = self.checkpointed.0.clone();
+        let reply = self.checkpointed.0.clone();
         let submitted = self.shared.db.submit(move |txn| {
-            let written = write_checkpoint(txn, &frozen, from);
+            let written = write_changes(txn, &frozen, start..end, done);
             drop(frozen);
             Box::new(move |committed: Result<(), StoreError>| {
-                let _ = done.send((committed.and(written), from));
+                let _ = reply.send((committed.and(written), end));
             })
         });
-        match submitted {
-            Ok(()) => self.checkpoint_in_flight = true,
-            Err(err) => finish_checkpoint(&self.shared, Err(err), from),
+        if let Err(err) = submitted {
+            self.checkpoint_written(Err(err), start);
+        }
+    }
+
+    /// A checkpoint transaction is committed (or failed): the next one, or the end.
+    fn checkpoint_written(&mut self, result: Result<(), StoreError>, written: usize) {
+        let Some(checkpoint) = &mut self.checkpoint else {
+            return;
+        };
+        match result {
+            Ok(()) if written < checkpoint.total => {
+                checkpoint.written = written;
+                self.write_next_part();
+            }
+            result => {
+                let from = checkpoint.from;
+                self.checkpoint = None;
+                finish_checkpoint(&self.shared, result, from);
+            }
         }
     }
 }
@@ -812,6 +933,10 @@ impl Inbox for EmbeddedInbox {
             .map_err(|_| StoreError::unavailable(BACKEND, "the inbox write did not complete"))?
     }
 
+    fn set_flooded(&self, flooded: bool) {
+        self.shared.flooded.store(flooded, Ordering::Relaxed);
+    }
+
     /// A round trip through the log: an empty completion record written and synced, so a
     /// replica whose log cannot take writes (a full or failing disk, a log cut back in vain)
     /// is taken out of rotation instead of answering every delivery 503.
@@ -867,6 +992,8 @@ mod tests {
     const NEVER: Tuning = Tuning {
         checkpoint_records: usize::MAX,
         checkpoint_every: Duration::from_secs(3600),
+        flood_checkpoint_records: usize::MAX,
+        flood_checkpoint_every: Duration::from_secs(3600),
         segment_bytes: u64::MAX,
     };
 
@@ -1020,10 +1147,12 @@ mod tests {
     async fn checkpoints_move_the_log_into_redb_and_delete_its_segments() {
         let dir = tempfile::tempdir().unwrap();
         let tuning = Tuning {
+            // One change per transaction: every checkpoint is written in parts.
             checkpoint_records: 1,
             checkpoint_every: Duration::from_millis(10),
             // A new segment after every batch.
             segment_bytes: 1,
+            ..NEVER
         };
         let inbox = open(dir.path(), tuning).await;
         let a = fresh(&inbox, "a").await;
@@ -1056,6 +1185,168 @@ mod tests {
         assert_eq!(ids(&inbox.pending(10).await.unwrap()), vec!["b"]);
     }
 
+    /// Segments of the inbox log still on disk.
+    fn segments(dir: &Path) -> usize {
+        log::generations(&dir.join("inbox-log")).unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn checkpoints_wait_while_the_webhook_is_flooded_up_to_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = Tuning {
+            checkpoint_records: 4,
+            checkpoint_every: Duration::from_millis(1),
+            flood_checkpoint_records: 30,
+            flood_checkpoint_every: Duration::from_secs(3600),
+            segment_bytes: 1,
+        };
+        let inbox = open(dir.path(), tuning).await;
+        inbox.set_flooded(true);
+        // 10 entries and their keys: 20 changes, fewer than a flood's 30.
+        for i in 0..10 {
+            fresh(&inbox, &format!("k{i}")).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(in_redb(&inbox).await, (0, 0), "flooded: no checkpoint yet");
+        assert_eq!(inbox.pending(100).await.unwrap().len(), 10);
+        // The flood's bound, 30 changes, starts one all the same (written 4 at a time).
+        for i in 10..15 {
+            fresh(&inbox, &format!("k{i}")).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while in_redb(&inbox).await != (15, 15) || segments(dir.path()) > 1 {
+            assert!(Instant::now() < deadline, "{:?}", in_redb(&inbox).await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Still flooded: 2 changes wait, though the calm bound is 1 ms.
+        fresh(&inbox, "after").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(in_redb(&inbox).await, (15, 15), "still flooded");
+        // The flood is over: the calm bounds again.
+        inbox.set_flooded(false);
+        while in_redb(&inbox).await != (16, 16) {
+            assert!(Instant::now() < deadline, "{:?}", in_redb(&inbox).await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let pending = inbox.pending(100).await.unwrap();
+        assert_eq!(pending.len(), 16);
+        assert_eq!(pending.last().map(|e| e.id.as_str()), Some("after"));
+    }
+
+    #[tokio::test]
+    async fn an_entry_completed_after_a_checkpoint_stopped_part_way_is_not_pending_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        let inbox = EmbeddedInbox::with_tuning(db.clone(), NEVER).await.unwrap();
+        let a = fresh(&inbox, "a").await;
+        fresh(&inbox, "b").await;
+        // A checkpoint's first part reached redb (entry "a"), then the process stopped.
+        let row = {
+            let state = lock(&inbox.shared.state);
+            let (seq, bytes) = state.active.entries.first_key_value().unwrap();
+            (*seq, bytes.clone())
+        };
+        assert_eq!(row.0, a.seq);
+        db.write(move |txn| {
+            let mut table = txn.open_table(INBOX).map_err(be)?;
+            table.insert(row.0, row.1.as_slice()).map_err(be)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        // "a" is completed in the log, then the inbox restarts and replays.
+        inbox.complete(vec![a.key()]).await.unwrap();
+        drop(inbox);
+        let inbox = EmbeddedInbox::with_tuning(db.clone(), NEVER).await.unwrap();
+        assert_eq!(ids(&inbox.pending(10).await.unwrap()), vec!["b"]);
+        assert_eq!(in_redb(&inbox).await, (1, 2), "the row of \"a\" removed");
+    }
+
+    #[test]
+    fn an_entry_of_a_failed_checkpoint_completed_later_is_removed_from_redb_too() {
+        let mut frozen = Delta::default();
+        frozen.entries.insert(1, b"one".to_vec());
+        frozen.entries.insert(2, b"two".to_vec());
+        frozen.last_seq = 2;
+        let mut active = Delta::default();
+        active.complete(1);
+        active.entries.insert(3, b"three".to_vec());
+        active.last_seq = 3;
+        // The checkpoint of `frozen` failed, maybe after writing some of it.
+        frozen.absorb(active);
+        frozen.complete(2);
+        frozen.complete(3);
+        assert!(frozen.entries.is_empty());
+        assert_eq!(
+            frozen.completed.iter().copied().collect::<Vec<_>>(),
+            vec![1, 2],
+            "rows 1 and 2 may be in redb; 3 never reached it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_written_in_parts_moves_its_position_only_with_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        let inbox = EmbeddedInbox::with_tuning(db.clone(), NEVER).await.unwrap();
+        drop(inbox);
+        let mut delta = Delta::default();
+        for seq in 1..=5 {
+            delta
+                .entries
+                .insert(seq, format!("entry {seq}").into_bytes());
+            delta.keys.insert(format!("key {seq}"), u64::MAX);
+        }
+        delta.completed.insert(100);
+        delta.last_seq = 5;
+        let delta = Arc::new(delta);
+        let from = Position {
+            generation: 7,
+            offset: 42,
+        };
+        async fn read(db: &EmbeddedDb) -> Result<(u64, u64, Option<u64>), StoreError> {
+            db.read(|txn| {
+                let rows = txn.open_table(INBOX).map_err(be)?.len().map_err(be)?;
+                let keys = txn.open_table(INBOX_KEYS).map_err(be)?.len().map_err(be)?;
+                let meta = txn.open_table(META).map_err(be)?;
+                let offset = meta.get(OFFSET).map_err(be)?.map(|v| v.value());
+                Ok((rows, keys, offset))
+            })
+            .await
+        }
+        // A row completed in this delta, from an earlier checkpoint.
+        db.write(|txn| {
+            txn.open_table(INBOX)
+                .map_err(be)?
+                .insert(100, b"old".as_slice())
+                .map_err(be)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let total = delta.changes();
+        assert_eq!(total, 11);
+        let mut written = 0;
+        while written < total {
+            let end = (written + 3).min(total);
+            let done = (end == total).then_some(from);
+            let part = delta.clone();
+            db.write(move |txn| write_changes(txn, &part, written..end, done))
+                .await
+                .unwrap();
+            written = end;
+            let (_, _, offset) = read(&db).await.unwrap();
+            if written < total {
+                assert_ne!(offset, Some(42), "position moved before the last part");
+            }
+        }
+        assert_eq!(
+            read(&db).await.unwrap(),
+            (5, 5, Some(42)),
+            "every entry and key, the completed row gone, the position"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_across_checkpoints_claim_each_key_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -1063,6 +1354,7 @@ mod tests {
             checkpoint_records: 8,
             checkpoint_every: Duration::from_millis(1),
             segment_bytes: 4096,
+            ..NEVER
         };
         let inbox = open(dir.path(), tuning).await;
         // 400 callers, every key sent by two of them, while checkpoints come and go: exactly

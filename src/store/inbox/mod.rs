@@ -90,6 +90,9 @@ pub trait Inbox: Send + Sync + 'static {
     async fn check(&self) -> Option<Result<(), StoreError>> {
         None
     }
+    /// The webhook is flooded (or no longer is): upkeep that can wait, waits until it is over
+    /// (the embedded inbox's checkpoints). Appends are unaffected.
+    fn set_flooded(&self, _flooded: bool) {}
 }
 
 const BACKEND: &str = "embedded";
