@@ -18,10 +18,13 @@
 //! replay from in `whatsapp_meta`. Once it is durable, segments wholly before the position are
 //! deleted. While the webhook is flooded ([`Inbox::set_flooded`]) checkpoints wait for
 //! `flood_checkpoint_records` changes or `flood_checkpoint_every`, so that their B-tree work
-//! and their flush come after the flood rather than in the middle of it. A segment is closed at `segment_bytes`, so starting one (a new file and a sync of
-//! its directory, several milliseconds here) is rare rather than once per checkpoint. An entry
-//! that is completed before its checkpoint never reaches redb at all. A failed checkpoint
-//! merges the frozen delta back; the next one carries both.
+//! and their flush come after the flood rather than in the middle of it.
+//!
+//! A segment is closed at `segment_bytes`, so starting one (a new file and a sync of its
+//! directory, several milliseconds here) is rare rather than once per checkpoint. An entry
+//! that is completed before its checkpoint never reaches redb at all, unless a checkpoint that
+//! stopped part way may have written it (`Delta::maybe_written`): then its completion removes
+//! the row. A failed checkpoint merges the frozen delta back; the next one carries both.
 //!
 //! At start-up the log from the recorded position on is replayed into a delta, which is
 //! checkpointed before the inbox takes its first append: a crash loses nothing that was
