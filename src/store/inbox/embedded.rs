@@ -76,9 +76,10 @@ pub static INBOX_LOG_TOTALS: WriterTotals = WriterTotals::new();
 /// During a flood a checkpoint takes what acknowledgements need most: at 4,096 changes they
 /// came several times a second, and their B-tree inserts were most of redb's writer's CPU. So
 /// while the webhook is flooded they wait, up to 65,536 changes (about 30,000 deliveries, some
-/// 40 MB in memory, a second or two to replay after a crash) or 30 s: a burst is acknowledged
-/// with no checkpoint beside it, and a longer flood checkpoints 16 times less often, each key
-/// page rewritten once for more keys (docs/performance.md, twelfth session).
+/// 30 MB in memory, a second or two to replay after a crash; never more than
+/// `checkpoint_bytes` of entries) or 30 s: a burst is acknowledged with no checkpoint beside
+/// it, and a longer flood checkpoints 16 times less often, each key page rewritten once for
+/// more keys (docs/performance.md, twelfth session).
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning {
     /// Changes (entries, keys, completions) since the last checkpoint that start the next,
@@ -90,6 +91,10 @@ pub struct Tuning {
     pub flood_checkpoint_records: usize,
     /// `checkpoint_every` while the webhook is flooded.
     pub flood_checkpoint_every: Duration,
+    /// Bytes of entries held in memory that start a checkpoint, flood or not: entries may be
+    /// a few kilobytes each (a long text), and a flood's 65,536 changes must not hold
+    /// hundreds of megabytes.
+    pub checkpoint_bytes: usize,
     /// A segment this large is closed and the next one started.
     pub segment_bytes: u64,
 }
@@ -101,6 +106,7 @@ impl Default for Tuning {
             checkpoint_every: Duration::from_secs(2),
             flood_checkpoint_records: 65_536,
             flood_checkpoint_every: Duration::from_secs(30),
+            checkpoint_bytes: 32 << 20,
             segment_bytes: 64 << 20,
         }
     }
@@ -148,6 +154,8 @@ struct Delta {
     /// checkpoint is written in parts, and one that failed, or a process that stopped, part
     /// way left some of them there. Completing one of them must remove its row too.
     maybe_written: u64,
+    /// The bytes of `entries`.
+    entry_bytes: usize,
 }
 
 impl Delta {
@@ -158,8 +166,23 @@ impl Delta {
     /// An entry is completed. One that this delta holds and that never reached redb is simply
     /// forgotten: it never reaches redb at all.
     fn complete(&mut self, seq: u64) {
-        if self.entries.remove(&seq).is_none() || seq <= self.maybe_written {
-            self.completed.insert(seq);
+        match self.entries.remove(&seq) {
+            Some(bytes) => {
+                self.entry_bytes -= bytes.len();
+                if seq <= self.maybe_written {
+                    self.completed.insert(seq);
+                }
+            }
+            None => {
+                self.completed.insert(seq);
+            }
+        }
+    }
+
+    fn add_entry(&mut self, seq: u64, bytes: Vec<u8>) {
+        self.entry_bytes += bytes.len();
+        if let Some(old) = self.entries.insert(seq, bytes) {
+            self.entry_bytes -= old.len();
         }
     }
 
@@ -169,7 +192,9 @@ impl Delta {
             .maybe_written
             .max(self.last_seq)
             .max(later.maybe_written);
-        self.entries.extend(later.entries);
+        for (seq, bytes) in later.entries {
+            self.add_entry(seq, bytes);
+        }
         self.keys.extend(later.keys);
         for seq in later.completed {
             self.complete(seq);
@@ -357,7 +382,7 @@ fn apply_replayed(delta: &mut Delta, record: &[u8]) -> Option<()> {
                 return Some(());
             }
             delta.keys.extend(keys.into_iter().map(|k| (k, expires)));
-            delta.entries.insert(seq, r.0.to_vec());
+            delta.add_entry(seq, r.0.to_vec());
             delta.last_seq = delta.last_seq.max(seq);
         }
         TAG_COMPLETE => {
@@ -603,7 +628,9 @@ impl LogWriter {
                     },
                     None,
                 ) => {
-                    state.active.entries.extend(fresh);
+                    for (seq, bytes) in fresh {
+                        state.active.add_entry(seq, bytes);
+                    }
                     let _ = reply.send(Ok(result));
                 }
                 (Plan::Append { reply, claimed, .. }, Some(err)) => {
@@ -724,7 +751,9 @@ impl LogWriter {
             state.frozen.is_none()
                 && state.broken.is_none()
                 && changes > 0
-                && (changes >= records || self.last_checkpoint.elapsed() >= every)
+                && (changes >= records
+                    || state.active.entry_bytes >= self.tuning.checkpoint_bytes
+                    || self.last_checkpoint.elapsed() >= every)
         };
         if !due {
             return;
@@ -1017,6 +1046,7 @@ mod tests {
         checkpoint_every: Duration::from_secs(3600),
         flood_checkpoint_records: usize::MAX,
         flood_checkpoint_every: Duration::from_secs(3600),
+        checkpoint_bytes: usize::MAX,
         segment_bytes: u64::MAX,
     };
 
@@ -1222,6 +1252,7 @@ mod tests {
             flood_checkpoint_records: 30,
             flood_checkpoint_every: Duration::from_secs(3600),
             segment_bytes: 1,
+            ..NEVER
         };
         let inbox = open(dir.path(), tuning).await;
         inbox.set_flooded(true);
@@ -1257,6 +1288,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn entries_holding_too_many_bytes_start_a_checkpoint_even_during_a_flood() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = Tuning {
+            checkpoint_records: 4,
+            checkpoint_every: Duration::from_millis(1),
+            checkpoint_bytes: 2_000,
+            ..NEVER
+        };
+        let inbox = open(dir.path(), tuning).await;
+        inbox.set_flooded(true);
+        for i in 0..4 {
+            fresh(&inbox, &format!("k{i}")).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            in_redb(&inbox).await,
+            (0, 0),
+            "under the bytes: no checkpoint"
+        );
+        let held = lock(&inbox.shared.state).active.entry_bytes;
+        assert!((400..2_000).contains(&held), "{held} bytes held");
+        for i in 4..40 {
+            fresh(&inbox, &format!("k{i}")).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while in_redb(&inbox).await.0 == 0 {
+            assert!(Instant::now() < deadline, "no checkpoint");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn an_entry_completed_after_a_checkpoint_stopped_part_way_is_not_pending_again() {
         let dir = tempfile::tempdir().unwrap();
         let db = EmbeddedDb::open(dir.path()).unwrap();
@@ -1288,18 +1351,19 @@ mod tests {
     #[test]
     fn an_entry_of_a_failed_checkpoint_completed_later_is_removed_from_redb_too() {
         let mut frozen = Delta::default();
-        frozen.entries.insert(1, b"one".to_vec());
-        frozen.entries.insert(2, b"two".to_vec());
+        frozen.add_entry(1, b"one".to_vec());
+        frozen.add_entry(2, b"two".to_vec());
         frozen.last_seq = 2;
         let mut active = Delta::default();
         active.complete(1);
-        active.entries.insert(3, b"three".to_vec());
+        active.add_entry(3, b"three".to_vec());
         active.last_seq = 3;
         // The checkpoint of `frozen` failed, maybe after writing some of it.
         frozen.absorb(active);
         frozen.complete(2);
         frozen.complete(3);
         assert!(frozen.entries.is_empty());
+        assert_eq!(frozen.entry_bytes, 0);
         assert_eq!(
             frozen.completed.iter().copied().collect::<Vec<_>>(),
             vec![1, 2],
@@ -1315,9 +1379,7 @@ mod tests {
         drop(inbox);
         let mut delta = Delta::default();
         for seq in 1..=5 {
-            delta
-                .entries
-                .insert(seq, format!("entry {seq}").into_bytes());
+            delta.add_entry(seq, format!("entry {seq}").into_bytes());
             delta.keys.insert(format!("key {seq}"), u64::MAX);
         }
         delta.completed.insert(100);
