@@ -1210,24 +1210,15 @@ mod tests {
         let inbox = open(dir.path(), tuning).await;
         let a = fresh(&inbox, "a").await;
         fresh(&inbox, "b").await;
-        let log_dir = dir.path().join("inbox-log");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while in_redb(&inbox).await != (2, 2) || log::generations(&log_dir).unwrap().len() > 1 {
-            assert!(
-                Instant::now() < deadline,
-                "no checkpoint: {:?}",
-                in_redb(&inbox).await
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(&inbox, dir.path(), |redb, segments| {
+            redb == (2, 2) && segments <= 1
+        })
+        .await;
         assert_eq!(ids(&inbox.pending(10).await.unwrap()), vec!["a", "b"]);
 
         inbox.complete(vec![a.key()]).await.unwrap();
         assert_eq!(ids(&inbox.pending(10).await.unwrap()), vec!["b"]);
-        while in_redb(&inbox).await != (1, 2) {
-            assert!(Instant::now() < deadline, "completion not checkpointed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(&inbox, dir.path(), |redb, _| redb == (1, 2)).await;
         // A key known only to redb still makes a duplicate.
         drop(inbox);
         let inbox = open(dir.path(), NEVER).await;
@@ -1238,9 +1229,26 @@ mod tests {
         assert_eq!(ids(&inbox.pending(10).await.unwrap()), vec!["b"]);
     }
 
-    /// Segments of the inbox log still on disk.
-    fn segments(dir: &Path) -> usize {
-        log::generations(&dir.join("inbox-log")).unwrap().len()
+    /// Waits (10 s at most) until `done` holds of what redb holds (rows, keys) and of how many
+    /// segments of the inbox log are left on disk.
+    async fn until(
+        inbox: &EmbeddedInbox,
+        dir: &Path,
+        done: impl Fn((usize, usize), usize) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let redb = in_redb(inbox).await;
+            let segments = log::generations(&dir.join("inbox-log")).unwrap().len();
+            if done(redb, segments) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redb {redb:?}, {segments} segments"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
@@ -1267,21 +1275,17 @@ mod tests {
         for i in 10..15 {
             fresh(&inbox, &format!("k{i}")).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while in_redb(&inbox).await != (15, 15) || segments(dir.path()) > 1 {
-            assert!(Instant::now() < deadline, "{:?}", in_redb(&inbox).await);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(&inbox, dir.path(), |redb, segments| {
+            redb == (15, 15) && segments <= 1
+        })
+        .await;
         // Still flooded: 2 changes wait, though the calm bound is 1 ms.
         fresh(&inbox, "after").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(in_redb(&inbox).await, (15, 15), "still flooded");
         // The flood is over: the calm bounds again.
         inbox.set_flooded(false);
-        while in_redb(&inbox).await != (16, 16) {
-            assert!(Instant::now() < deadline, "{:?}", in_redb(&inbox).await);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(&inbox, dir.path(), |redb, _| redb == (16, 16)).await;
         let pending = inbox.pending(100).await.unwrap();
         assert_eq!(pending.len(), 16);
         assert_eq!(pending.last().map(|e| e.id.as_str()), Some("after"));
@@ -1312,11 +1316,7 @@ mod tests {
         for i in 4..40 {
             fresh(&inbox, &format!("k{i}")).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while in_redb(&inbox).await.0 == 0 {
-            assert!(Instant::now() < deadline, "no checkpoint");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(&inbox, dir.path(), |(rows, _), _| rows > 0).await;
     }
 
     #[tokio::test]
